@@ -1,0 +1,345 @@
+"""The Aatrox SMS API v2 client.
+
+One :class:`httpx.AsyncClient` per :class:`AatroxClient`, reused for every request.
+Every answer is read as a stream and abandoned once it grows past
+``api.max_response_bytes``. Every failure becomes an :class:`~relay.errors.ApiError`
+whose message is one line such as ``GET /sms/receive: 503 Service Unavailable``: never
+the token, never message text, never a full phone number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timezone
+from http import HTTPStatus
+from types import TracebackType
+from urllib.parse import quote
+
+import httpx
+
+from relay import __version__
+from relay.clock import Clock, SystemClock
+from relay.config import ApiConfig
+from relay.errors import (
+    ApiBadRequest,
+    ApiConnectionError,
+    ApiError,
+    ApiInvalidResponse,
+    ApiNotFound,
+    ApiRateLimited,
+    ApiResponseTooLarge,
+    ApiServerError,
+    ApiTimeout,
+    ApiUnauthorized,
+    ConfigError,
+)
+from relay.inbound import InboundMessage, Listing, parse_detail, parse_listing
+from relay.phone import mask
+from relay.retry import parse_retry_after
+
+API_PREFIX = "/api/v2"
+DEFAULT_MAX_CONNECTIONS = 32
+DEFAULT_USER_AGENT = f"aatrox-relay/{__version__}"
+#: How much of an error answer is read, for the provider's explanation.
+ERROR_BODY_LIMIT = 64 * 1024
+#: Longest provider explanation quoted in an error message.
+DETAIL_LIMIT = 200
+#: Keys of an error answer that may hold the provider's explanation.
+DETAIL_KEYS = ("error", "message", "detail", "error_description")
+
+# Digit runs that may be phone numbers, to mask in quoted provider messages.
+_PHONE_LIKE = re.compile(r"\+?\d(?:[ -]?\d){6,}")
+
+
+class AatroxClient:
+    """Talks to the Aatrox API with one pooled, keep-alive HTTP client."""
+
+    def __init__(
+        self,
+        config: ApiConfig,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        user_agent: str = DEFAULT_USER_AGENT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._config = config
+        self._region = config.default_region
+        self._tz = config.timezone or timezone.utc
+        self._limit = config.max_response_bytes
+        self._timeout = config.timeout
+        self._clock: Clock = clock or SystemClock()
+        _check_token(config.token)
+        self._token = config.token
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url.rstrip("/") + API_PREFIX,
+            headers={
+                "Authorization": f"Bearer {config.token}",
+                "User-Agent": user_agent,
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(config.timeout),
+            verify=_verify(config),
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    def set_token(self, token: str) -> None:
+        """Use ``token`` from the next request on (token rotation)."""
+        _check_token(token)
+        self._token = token
+        self._client.headers["Authorization"] = f"Bearer {token}"
+
+    async def receive(self, number: str, sender: str | None = None) -> Listing:
+        """``GET /sms/receive``: the messages the API lists for ``number``.
+
+        Items whose text the listing left out come back with ``text=None``; fetch
+        those with :meth:`details`.
+        """
+        label = "GET /sms/receive"
+        params = {"to": number} if sender is None else {"to": number, "from": sender}
+        payload = await self._call("GET", "/sms/receive", label, params=params, need_body=True)
+        try:
+            return parse_listing(payload, number=number, region=self._region, tz=self._tz)
+        except ApiInvalidResponse as exc:
+            msg = f"{label}: {exc}"
+            raise ApiInvalidResponse(msg) from None
+
+    async def details(self, message_id: str, *, number: str | None = None) -> InboundMessage:
+        """``GET /sms/{id}``: one message, with its text when the API has it."""
+        label = f"GET /sms/{_short(message_id)}"
+        path = f"/sms/{quote(message_id, safe='')}"
+        payload = await self._call("GET", path, label, need_body=True)
+        try:
+            message = parse_detail(
+                payload, number=number, region=self._region, tz=self._tz, message_id=message_id
+            )
+        except ApiInvalidResponse as exc:
+            msg = f"{label}: {exc}"
+            raise ApiInvalidResponse(msg) from None
+        if message.id != message_id:
+            msg = f"{label}: the answer is about message {_short(message.id)}"
+            raise ApiInvalidResponse(msg)
+        return message
+
+    async def send(self, sender: str, recipient: str, text: str) -> dict[str, object]:
+        """``POST /sms/send``; returns the API's answer (e.g. the new message's id)."""
+        body = {"from": sender, "to": recipient, "text": text}
+        return await self._post("/sms/send", body, text)
+
+    async def send_disclaimer(self, sender: str, recipient: str, text: str) -> dict[str, object]:
+        """``POST /sms/send/disclaimer``: the API appends the sender's disclaimer."""
+        body = {"from": sender, "to": recipient, "text": text}
+        return await self._post("/sms/send/disclaimer", body, text)
+
+    async def send_bulk(
+        self, sender: str, recipients: Sequence[str], text: str
+    ) -> dict[str, object]:
+        """``POST /sms/send/bulk``: one text to several recipients."""
+        body = {"from": sender, "to": list(recipients), "text": text}
+        return await self._post("/sms/send/bulk", body, text)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AatroxClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- internals -------------------------------------------------------
+
+    async def _post(self, path: str, body: Mapping[str, object], text: str) -> dict[str, object]:
+        label = f"POST {path}"
+        payload = await self._call("POST", path, label, json_body=body, secret=text)
+        if payload is None:
+            return {}
+        if not isinstance(payload, dict):
+            msg = f"{label}: expected a JSON object, got {type(payload).__name__}"
+            raise ApiInvalidResponse(msg)
+        return payload
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        label: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: object = None,
+        need_body: bool = False,
+        secret: str | None = None,
+    ) -> object:
+        """Make one request; the decoded JSON answer (None for an empty 2xx body)."""
+        request = self._client.build_request(method, path, params=params, json=json_body)
+        try:
+            response = await self._client.send(request, stream=True)
+            try:
+                status = response.status_code
+                ok = 200 <= status < 300
+                data = await self._read(response, label, ok)
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException as exc:
+            msg = f"{label}: no answer within {self._timeout:g}s ({type(exc).__name__})"
+            raise ApiTimeout(msg) from None
+        except httpx.DecodingError:
+            msg = f"{label}: the answer's content-encoding does not decode"
+            raise ApiInvalidResponse(msg) from None
+        except httpx.TransportError as exc:
+            msg = f"{label}: connection failed ({type(exc).__name__}: {_one_line(str(exc))})"
+            raise ApiConnectionError(msg) from None
+        if not ok:
+            raise self._status_error(response, data, label, secret)
+        if not data:
+            if need_body:
+                msg = f"{label}: {_status_text(response)} with an empty body"
+                raise ApiInvalidResponse(msg)
+            return None
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            content_type = _one_line(response.headers.get("content-type", "")) or "none"
+            msg = (
+                f"{label}: {_status_text(response)} answer is not JSON "
+                f"(content-type {content_type[:60]})"
+            )
+            raise ApiInvalidResponse(msg) from None
+
+    async def _read(self, response: httpx.Response, label: str, ok: bool) -> bytes:
+        """The body as a stream, within ``api.max_response_bytes`` and ``api.timeout``.
+
+        A 2xx body past either limit raises. Another body is only read for the
+        provider's explanation: its first :data:`ERROR_BODY_LIMIT` bytes, best effort.
+        """
+        limit = self._limit if ok else ERROR_BODY_LIMIT
+        if ok:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                msg = (
+                    f"{label}: the answer's {declared} bytes exceed "
+                    f"api.max_response_bytes ({limit})"
+                )
+                raise ApiResponseTooLarge(msg)
+        deadline = time.monotonic() + self._timeout
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    if ok:
+                        msg = (
+                            f"{label}: the answer exceeds api.max_response_bytes ({limit}); "
+                            "stopped reading"
+                        )
+                        raise ApiResponseTooLarge(msg)
+                    parts.append(chunk[: len(chunk) - (size - limit)])
+                    break
+                parts.append(chunk)
+                if time.monotonic() > deadline:
+                    if ok:
+                        msg = f"{label}: the answer did not arrive within {self._timeout:g}s"
+                        raise ApiTimeout(msg)
+                    break
+        except httpx.HTTPError:
+            if ok:
+                raise
+        return b"".join(parts)
+
+    def _status_error(
+        self, response: httpx.Response, data: bytes, label: str, secret: str | None
+    ) -> ApiError:
+        status = response.status_code
+        text = f"{label}: {_status_text(response)}"
+        if 300 <= status < 400:
+            return ApiError(f"{text} (redirects are not followed)", status=status)
+        detail = self._detail(data, secret)
+        if detail:
+            text = f"{text} ({detail})"
+        if status == 400:
+            return ApiBadRequest(text)
+        if status == 401:
+            return ApiUnauthorized(text)
+        if status == 404:
+            return ApiNotFound(text)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), self._clock.now())
+            return ApiRateLimited(text, retry_after=retry_after)
+        if status >= 500:
+            return ApiServerError(text, status=status)
+        return ApiError(text, status=status)
+
+    def _detail(self, data: bytes, secret: str | None) -> str:
+        """The provider's short explanation from a JSON error body, made safe to log."""
+        try:
+            payload = json.loads(data) if data else None
+        except (ValueError, RecursionError):
+            return ""
+        detail = ""
+        for _ in range(2):
+            if not isinstance(payload, dict):
+                break
+            value = next((payload[key] for key in DETAIL_KEYS if key in payload), None)
+            if isinstance(value, str):
+                detail = value
+                break
+            payload = value
+        detail = _one_line(detail)
+        for hidden in (self._token, secret):
+            if hidden and hidden in detail:
+                detail = detail.replace(hidden, "***")
+        detail = _PHONE_LIKE.sub(lambda match: mask(match.group()), detail)
+        if len(detail) > DETAIL_LIMIT:
+            detail = detail[: DETAIL_LIMIT - 3] + "..."
+        return detail
+
+
+def _check_token(token: str) -> None:
+    if not token.strip() or any(char in token for char in "\r\n\x00"):
+        msg = "api.token: empty or not a single line"
+        raise ConfigError(msg)
+
+
+def _verify(config: ApiConfig) -> ssl.SSLContext | bool:
+    """TLS verification: the system's CAs, or ``api.ca_bundle`` when set."""
+    if config.ca_bundle is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(config.ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"api.ca_bundle: cannot load {config.ca_bundle}: {exc}"
+        raise ConfigError(msg) from None
+
+
+def _status_text(response: httpx.Response) -> str:
+    status = response.status_code
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = _one_line(response.reason_phrase)[:60]
+    return f"{status} {phrase}".rstrip()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _short(message_id: str) -> str:
+    """A message id fit for an error message."""
+    text = _one_line(message_id)
+    return text if len(text) <= 40 else text[:37] + "..."

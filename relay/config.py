@@ -1,0 +1,573 @@
+"""The TOML configuration, parsed once into frozen dataclasses.
+
+Every error names its key (``poll.interval: "fast" is not a duration``); unknown
+keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone, tzinfo
+from pathlib import Path
+from typing import Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from relay.errors import ConfigError, InvalidNumber
+from relay.phone import is_region, normalise
+from relay.signing import decode_secret
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: Where the config is read from when neither --config nor $AATROX_RELAY_CONFIG says.
+DEFAULT_CONFIG_PATH = Path("/etc/aatrox-relay/config.toml")
+CONFIG_ENV = "AATROX_RELAY_CONFIG"
+TOKEN_ENV = "AATROX_TOKEN"
+#: systemd LoadCredential= name read from $CREDENTIALS_DIRECTORY.
+TOKEN_CREDENTIAL = "aatrox-token"
+
+DEFAULT_BASE_URL = "https://api.smsaatrox.com.au"
+DEFAULT_API_TIMEOUT = 10.0
+DEFAULT_REGION = "AU"
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+DEFAULT_RETENTION = 30 * 86400.0
+DEFAULT_POLL_INTERVAL = 10.0
+DEFAULT_POLL_JITTER = 1.0
+DEFAULT_POLL_CONCURRENCY = 16
+DEFAULT_WEBHOOK_TIMEOUT = 15.0
+DEFAULT_RETRY_INITIAL = 5.0
+DEFAULT_RETRY_MAX = 3600.0
+DEFAULT_GIVE_UP_AFTER = 3 * 86400.0
+DEFAULT_WEBHOOK_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where the API token comes from, so it can be read again after a 401."""
+
+    kind: Literal["inline", "file", "env", "credential"]
+    #: The token itself for "inline" and "env"; the file's path for "file" and "credential".
+    value: str = field(repr=False)
+
+    def read(self) -> str:
+        """The token, read again from its file when it has one.
+
+        Raises :class:`ConfigError` naming the file when it cannot be read or is empty.
+        """
+        if self.kind in ("inline", "env"):
+            return self.value
+        try:
+            token = Path(self.value).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            msg = f"api.token_file: cannot read {self.value}: {exc.strerror or exc}"
+            raise ConfigError(msg) from None
+        if not token:
+            msg = f"api.token_file: {self.value} is empty"
+            raise ConfigError(msg)
+        return token
+
+    def describe(self) -> str:
+        """Where the token came from, without the token: for logs and ``check``."""
+        if self.kind == "inline":
+            return "api.token in the config"
+        if self.kind == "env":
+            return f"${TOKEN_ENV}"
+        return self.value
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: how to reach the Aatrox API."""
+
+    token_source: TokenSource
+    token: str = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    timeout: float = DEFAULT_API_TIMEOUT
+    default_region: str = DEFAULT_REGION
+    timezone: tzinfo | None = None  # None means UTC
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    ca_bundle: Path | None = None
+    allow_insecure_http: bool = False
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: where seen messages and queued deliveries live."""
+
+    url: str
+    retention: float = DEFAULT_RETENTION
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """``poll.backfill``: what the first poll of a number delivers."""
+
+    mode: Literal["none", "all", "window"] = "none"
+    #: With mode "window": deliver messages younger than this many seconds.
+    window: float = 0.0
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    """``[poll]``: how often numbers are polled."""
+
+    interval: float = DEFAULT_POLL_INTERVAL
+    jitter: float = DEFAULT_POLL_JITTER
+    backfill: Backfill = field(default_factory=Backfill)
+    #: Polls in flight at once, across all numbers.
+    concurrency: int = DEFAULT_POLL_CONCURRENCY
+
+
+@dataclass(frozen=True)
+class NumberConfig:
+    """One ``[[numbers]]`` entry."""
+
+    number: str  # E.164
+    webhooks: tuple[str, ...]  # resolved names; every webhook when the entry named none
+    interval: float
+    sender: str | None = None  # ``from``, E.164
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[[webhooks]]`` entry."""
+
+    name: str
+    url: str
+    secret: bytes = field(repr=False)  # the decoded HMAC key
+    timeout: float = DEFAULT_WEBHOOK_TIMEOUT
+    retry_initial: float = DEFAULT_RETRY_INITIAL
+    retry_max: float = DEFAULT_RETRY_MAX
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER
+    concurrency: int = DEFAULT_WEBHOOK_CONCURRENCY
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: what goes to stderr."""
+
+    level: str = "info"
+    format: Literal["text", "json"] = "text"
+    #: Log sender numbers in full instead of masked to their last three digits.
+    pii: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    api: ApiConfig
+    store: StoreConfig
+    poll: PollConfig
+    numbers: tuple[NumberConfig, ...]
+    webhooks: tuple[WebhookConfig, ...]
+    log: LogConfig = field(default_factory=LogConfig)
+    path: Path | None = None
+
+    def webhook(self, name: str) -> WebhookConfig:
+        """The webhook called ``name``; KeyError when there is none."""
+        for hook in self.webhooks:
+            if hook.name == name:
+                return hook
+        raise KeyError(name)
+
+
+def default_store_url(environ: dict[str, str] | None = None) -> str:
+    """``$STATE_DIRECTORY/relay.db`` under systemd, else ``./aatrox-relay.db``."""
+    env = os.environ if environ is None else environ
+    state = env.get("STATE_DIRECTORY")
+    if state:
+        # systemd may pass several colon-separated directories; the first is ours.
+        return f"sqlite:///{Path(state.split(':')[0]) / 'relay.db'}"
+    return "sqlite:///aatrox-relay.db"
+
+
+# --- loading ---------------------------------------------------------------
+# parse_duration, config_path, load and parse; the helpers below them are private.
+
+#: No number is polled more often than this.
+MIN_POLL_INTERVAL = 0.1
+MIN_MAX_RESPONSE_BYTES = 1024
+MAX_WEBHOOK_CONCURRENCY = 1000
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+#: Headers the relay sets on every delivery, so ``webhooks.headers`` may not.
+RESERVED_HEADERS = frozenset(
+    ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature")
+)
+SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log")
+_API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
+             "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
+_WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "timeout", "retry_initial",
+                 "retry_max", "give_up_after", "concurrency", "headers")  # fmt: skip
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_WEBHOOK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_TOML_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
+               (list, "array"), (Mapping, "table"), (datetime, "datetime"), (date, "date"),
+               (time, "time"))  # fmt: skip
+_T = TypeVar("_T")
+
+
+def _fail(key: str, text: str) -> NoReturn:
+    """Raise the ConfigError ``key: text``, squeezed onto one line whatever the values hold."""
+    msg = " ".join(f"{key}: {text}".split())
+    raise ConfigError(msg)
+
+
+def _toml_type(value: object) -> str:
+    return next((name for kind, name in _TOML_TYPES if isinstance(value, kind)), "value")
+
+
+def _show(value: object) -> str:
+    """A non-secret value for a message: strings quoted, numbers as is, else the type."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return repr(value) if is_number else _toml_type(value)
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds in "500ms", "1.5s", "5m", "2h", "3d", "0" or a number of seconds (not negative).
+
+    Raises :class:`ConfigError` naming ``key`` for anything else.
+    """
+    seconds: float | None = None
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.strip())
+        if match:
+            seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+        elif value.strip() == "0":
+            seconds = 0.0
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value) if abs(value) < 1e300 else None  # huge ints overflow a float
+    else:
+        _fail(key, f"expected a duration, got {_toml_type(value)}")
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        _fail(key, f"{_show(value)} is not a duration")
+    return seconds
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config file: ``--config``, else ``$AATROX_RELAY_CONFIG``, else the default."""
+    env = os.environ if environ is None else environ
+    return Path(cli_value or env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check the TOML file at ``path``; relative paths in it are read from its
+    directory. Every error is a :class:`ConfigError` with a one-line message.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _fail(str(path), f"cannot read: {exc.strerror or exc}")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        _fail(str(path), f"invalid TOML: {exc}")
+    config = parse(data, environ=environ, base_dir=path.absolute().parent)
+    return dataclasses.replace(config, path=path)
+
+
+class _Table:
+    """One TOML table that knows its dotted key: refuses unknown keys, reads typed values."""
+
+    def __init__(self, data: object, key: str, allowed: Collection[str] = ()) -> None:
+        if not isinstance(data, Mapping):
+            _fail(key, f"expected a table, got {_toml_type(data)}")
+        self.data: Mapping[str, object] = data
+        self.key = key
+        unknown = [name for name in data if allowed and name not in allowed]
+        if unknown and key:
+            _fail(key, f"unknown key {_show(unknown[0])}")
+        if unknown:
+            _fail(unknown[0], f"unknown top-level key (sections are {', '.join(allowed)})")
+
+    def sub(self, name: str) -> str:
+        """The dotted key of ``name`` in this table."""
+        return f"{self.key}.{name}" if self.key else name
+
+    def fail(self, name: str, text: str) -> NoReturn:
+        _fail(self.sub(name), text)
+
+    def get(self, name: str, kind: type[_T], expected: str, default: _T) -> _T:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.fail(name, f"expected {expected}, got {_toml_type(value)}")
+        return value
+
+    def text(self, name: str, default: str = "") -> str:
+        """The string at ``name`` stripped, or ``default`` (missing is "" unless told)."""
+        return self.get(name, str, "a string", default).strip()
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int = 2**63) -> int:
+        value = self.get(name, int, "an integer", default)
+        if not minimum <= value <= maximum:
+            bound = f"at most {maximum}" if value > maximum else f"at least {minimum}"
+            self.fail(name, f"must be {bound}, got {value}")
+        return value
+
+    def duration(self, name: str, default: float, at_least: float | None = None) -> float:
+        """Seconds: greater than 0, or at least ``at_least`` when it is given."""
+        value = self.data.get(name)
+        seconds = default if value is None else parse_duration(value, self.sub(name))
+        if at_least is None and seconds == 0:
+            self.fail(name, "must be greater than 0")
+        if at_least is not None and seconds < at_least:
+            self.fail(name, f"must be at least {at_least:g}s")
+        return seconds
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.text(name, default)
+        if value.lower() not in choices:
+            self.fail(name, f"{_show(value)} is not one of {', '.join(choices)}")
+        return value.lower()
+
+    def path(self, name: str, base_dir: Path) -> Path | None:
+        """The path at ``name``, relative ones read from ``base_dir``."""
+        value = self.text(name)
+        if name in self.data and not value:
+            self.fail(name, "is empty")
+        return base_dir / Path(value).expanduser() if value else None
+
+    def url(self, name: str, value: str) -> str:
+        """``value`` if it is an http(s) URL with a host; never echoed (it may hold a secret)."""
+        if not value:
+            self.fail(name, "is required")
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a malformed port or IPv6 address
+            ok = False
+        if not ok:
+            self.fail(name, "is not an http:// or https:// URL with a host")
+        return value
+
+    def phone(self, name: str, region: str) -> str | None:
+        value = self.text(name)
+        try:
+            return normalise(value, region) if value else None
+        except InvalidNumber as exc:
+            self.fail(name, str(exc))
+
+    def table(self, name: str, allowed: Collection[str] = ()) -> _Table:
+        """The table at ``name`` (empty when missing); any key is allowed without ``allowed``."""
+        return _Table(self.data.get(name, {}), self.sub(name), allowed)
+
+    def tables(self, name: str, allowed: Collection[str]) -> list[_Table]:
+        value = self.data.get(name, [])
+        if not (isinstance(value, list) and all(isinstance(item, Mapping) for item in value)):
+            self.fail(name, f"expected an array of tables ([[{name}]]), got {_toml_type(value)}")
+        return [_Table(item, f"{self.sub(name)}[{i}]", allowed) for i, item in enumerate(value)]
+
+
+def parse(
+    data: Mapping[str, object],
+    *,
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Check parsed TOML and build a :class:`Config`; ``base_dir`` anchors relative paths."""
+    env = os.environ if environ is None else environ
+    base = Path.cwd() if base_dir is None else base_dir
+    root = _Table(data, "", SECTIONS)
+    api = _parse_api(root.table("api", _API_KEYS), env, base)
+    store = root.table("store", ("url", "retention"))
+    store_url = store.text("url") or default_store_url(dict(env))
+    if not store_url.startswith(("sqlite", "postgresql")):
+        store.fail("url", "must start with sqlite or postgresql")
+    poll = _parse_poll(root.table("poll", ("interval", "jitter", "backfill", "concurrency")))
+    seen: dict[str, str] = {}
+    webhooks = tuple(_parse_webhook(t, base, seen) for t in root.tables("webhooks", _WEBHOOK_KEYS))
+    number_tables = root.tables("numbers", ("number", "webhooks", "from", "interval"))
+    if number_tables and not webhooks:
+        _fail("webhooks", "at least one webhook is required")
+    log = root.table("log", ("level", "format", "pii"))
+    return Config(
+        api=api,
+        store=StoreConfig(store_url, store.duration("retention", DEFAULT_RETENTION)),
+        poll=poll,
+        numbers=_parse_numbers(number_tables, api.default_region, poll.interval, tuple(seen)),
+        webhooks=webhooks,
+        log=LogConfig(
+            level=log.choice("level", LOG_LEVELS, "info"),
+            format="json" if log.choice("format", LOG_FORMATS, "text") == "json" else "text",
+            pii=log.get("pii", bool, "a boolean", False),
+        ),
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_api(api: _Table, env: Mapping[str, str], base: Path) -> ApiConfig:
+    insecure = api.get("allow_insecure_http", bool, "a boolean", False)
+    base_url = api.url("base_url", api.text("base_url", DEFAULT_BASE_URL).rstrip("/"))
+    parts = urlsplit(base_url)
+    if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname or ""):
+        api.fail("base_url", "http:// is only allowed for loopback hosts"
+                 " (set api.allow_insecure_http = true to override)")  # fmt: skip
+    region = api.text("default_region", DEFAULT_REGION).upper()
+    if not is_region(region):
+        api.fail("default_region", f"{_show(region)} is not a region code")
+    ca_bundle = api.path("ca_bundle", base)
+    if ca_bundle is not None and not ca_bundle.exists():
+        api.fail("ca_bundle", f"{ca_bundle} does not exist")
+    source = _token_source(api, env, base)
+    return ApiConfig(
+        token_source=source,
+        token=source.read(),
+        base_url=base_url,
+        timeout=api.duration("timeout", DEFAULT_API_TIMEOUT),
+        default_region=region,
+        timezone=_parse_timezone(api),
+        max_response_bytes=api.integer(
+            "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, MIN_MAX_RESPONSE_BYTES
+        ),
+        ca_bundle=ca_bundle,
+        allow_insecure_http=insecure,
+    )
+
+
+def _token_source(api: _Table, env: Mapping[str, str], base: Path) -> TokenSource:
+    """api.token, else api.token_file, else $AATROX_TOKEN, else the systemd credential."""
+    token, token_file = api.text("token"), api.path("token_file", base)
+    if "token" in api.data and "token_file" in api.data:
+        api.fail("token_file", "cannot be set together with api.token")
+    if "token" in api.data and not token:
+        api.fail("token", "is empty")
+    if token:
+        return TokenSource("inline", token)
+    if token_file is not None:
+        return TokenSource("file", str(token_file))
+    if env.get(TOKEN_ENV, "").strip():
+        return TokenSource("env", env[TOKEN_ENV].strip())
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and Path(credentials, TOKEN_CREDENTIAL).is_file():
+        return TokenSource("credential", str(Path(credentials, TOKEN_CREDENTIAL)))
+    api.fail("token", f"no token: set api.token, api.token_file, ${TOKEN_ENV},"
+             f' or a systemd credential "{TOKEN_CREDENTIAL}"')  # fmt: skip
+
+
+def _parse_timezone(api: _Table) -> tzinfo:
+    name = api.text("timezone", DEFAULT_TIMEZONE)
+    try:
+        return timezone.utc if name == "UTC" else ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        api.fail("timezone", f"{_show(name)} is not an IANA time zone name")
+
+
+def _parse_poll(poll: _Table) -> PollConfig:
+    value = poll.text("backfill", "none")
+    backfill = {"none": Backfill("none"), "all": Backfill("all")}.get(value)
+    if backfill is None:
+        try:
+            window = parse_duration(value, poll.sub("backfill"))
+        except ConfigError:
+            poll.fail("backfill", f'{_show(value)} is not "none", "all" or a duration')
+        if window == 0:
+            poll.fail("backfill", 'must be greater than 0 (or "none")')
+        backfill = Backfill("window", window)
+    return PollConfig(
+        interval=poll.duration("interval", DEFAULT_POLL_INTERVAL, MIN_POLL_INTERVAL),
+        jitter=poll.duration("jitter", DEFAULT_POLL_JITTER, at_least=0.0),
+        backfill=backfill,
+        concurrency=poll.integer("concurrency", DEFAULT_POLL_CONCURRENCY, 1),
+    )
+
+
+def _parse_webhook(hook: _Table, base: Path, seen: dict[str, str]) -> WebhookConfig:
+    """One [[webhooks]] entry; ``seen`` maps the names used so far to their keys."""
+    name = hook.text("name")
+    if not name:
+        hook.fail("name", "is required")
+    if not _WEBHOOK_NAME_RE.fullmatch(name):
+        hook.fail("name", f'{_show(name)} is not letters, digits, "_", "." and "-"')
+    if name in seen:
+        hook.fail("name", f"{_show(name)} is already used by {seen[name]}")
+    seen[name] = hook.key
+    retry_initial = hook.duration("retry_initial", DEFAULT_RETRY_INITIAL)
+    retry_max = hook.duration("retry_max", DEFAULT_RETRY_MAX)
+    if retry_max < retry_initial:
+        hook.fail("retry_max", f"must not be less than {hook.sub('retry_initial')}")
+    headers = hook.table("headers")
+    for header in headers.data:
+        if header.lower() in RESERVED_HEADERS:
+            headers.fail(header, "is reserved: the relay sets it")
+    return WebhookConfig(
+        name=name,
+        url=hook.url("url", hook.text("url")),
+        secret=_webhook_secret(hook, base),
+        timeout=hook.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT),
+        retry_initial=retry_initial,
+        retry_max=retry_max,
+        give_up_after=hook.duration("give_up_after", DEFAULT_GIVE_UP_AFTER),
+        concurrency=hook.integer(
+            "concurrency", DEFAULT_WEBHOOK_CONCURRENCY, 1, MAX_WEBHOOK_CONCURRENCY
+        ),
+        headers=tuple(
+            (header, headers.get(header, str, "a string", "")) for header in headers.data
+        ),
+    )
+
+
+def _webhook_secret(hook: _Table, base: Path) -> bytes:
+    """The HMAC key from ``secret`` or ``secret_file``; messages never show the secret."""
+    if ("secret" in hook.data) == ("secret_file" in hook.data):
+        hook.fail("secret", f"set exactly one of {hook.sub('secret')} or {hook.sub('secret_file')}")
+    secret, path = hook.text("secret"), hook.path("secret_file", base)
+    try:
+        secret = path.read_text(encoding="utf-8") if path else secret
+    except (OSError, UnicodeDecodeError) as exc:
+        hook.fail("secret_file", f"cannot read {path}: {getattr(exc, 'strerror', '') or exc}")
+    try:
+        return decode_secret(secret)
+    except ValueError as exc:
+        hook.fail("secret" if path is None else "secret_file", str(exc))
+
+
+def _parse_numbers(
+    entries: list[_Table], region: str, interval: float, webhooks: tuple[str, ...]
+) -> tuple[NumberConfig, ...]:
+    seen: dict[str, str] = {}
+    numbers = []
+    for entry in entries:
+        number = entry.phone("number", region)
+        if number is None:
+            entry.fail("number", "is required")
+        if number in seen:
+            entry.fail("number", f"{number} is already configured at {seen[number]}")
+        seen[number] = entry.key
+        names = entry.get("webhooks", list, "an array of strings", list(webhooks))
+        if not names:
+            entry.fail("webhooks", "is empty (leave it out to use every webhook)")
+        for name in names:
+            if name not in webhooks:
+                entry.fail("webhooks", f"unknown webhook {_show(name)}")
+        numbers.append(
+            NumberConfig(
+                number=number,
+                webhooks=tuple(dict.fromkeys(names)),
+                interval=entry.duration("interval", interval, MIN_POLL_INTERVAL),
+                sender=entry.phone("from", region),
+            )
+        )
+    return tuple(numbers)

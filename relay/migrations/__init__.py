@@ -1,0 +1,1 @@
+"""Alembic migrations for the relay's store; applied by :func:`relay.store.Store.migrate`."""

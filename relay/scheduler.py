@@ -1,0 +1,90 @@
+"""One APScheduler interval job per number.
+
+Each job fires every ``interval`` (plus up to ``jitter``), never overlaps
+itself (``max_instances=1``) and coalesces missed runs into one. First polls
+are spread evenly across the interval so that a thousand numbers do not fire
+in the same second. A number that is backing off after failures lets its
+ticks pass until its delay is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta, timezone
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from relay.clock import Clock
+from relay.config import NumberConfig
+from relay.logs import fields
+from relay.poller import Poller
+
+log = logging.getLogger("relay.scheduler")
+
+
+class Scheduler:
+    """Runs the poll jobs."""
+
+    def __init__(
+        self, poller: Poller, numbers: Sequence[NumberConfig], jitter: float, clock: Clock
+    ) -> None:
+        self.poller = poller
+        self.numbers = tuple(numbers)
+        self.jitter = jitter
+        self.clock = clock
+        self._aps: AsyncIOScheduler | None = None
+        self._running: set[asyncio.Task[object]] = set()
+
+    def start(self) -> None:
+        """Add a job per number and start firing them (inside the running event loop)."""
+        aps = AsyncIOScheduler(timezone=timezone.utc)
+        now = self.clock.now()
+        count = len(self.numbers) or 1
+        for index, number in enumerate(self.numbers):
+            trigger = IntervalTrigger(
+                seconds=number.interval,
+                jitter=self.jitter or None,
+                start_date=now + timedelta(seconds=number.interval * index / count),
+                timezone=timezone.utc,
+            )
+            aps.add_job(
+                self._job,
+                trigger,
+                args=[number.number],
+                id=number.number,
+                name=f"poll {index}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(number.interval)),
+            )
+        aps.start()
+        self._aps = aps
+        log.info("relay.scheduler.started", extra=fields(numbers=len(self.numbers)))
+
+    async def _job(self, number: str) -> None:
+        if not self.poller.due(number):
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await self.poller.poll(number)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    async def stop(self, timeout: float) -> None:
+        """Start no more polls; give those running up to ``timeout`` seconds to finish."""
+        if self._aps is None:
+            return
+        self._aps.pause()
+        running = list(self._running)
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        self._aps.shutdown(wait=False)
+        self._aps = None

@@ -1,0 +1,454 @@
+"""The durable store: messages seen, per-number poll state, deliveries queued.
+
+SQLAlchemy Core over SQLite (WAL) by default, PostgreSQL where several relays
+share one database. The schema is owned by the Alembic migrations in
+``relay/migrations`` and applied by :meth:`Store.migrate` at start.
+
+The rule that keeps messages from being lost: a message is recorded as seen
+*and* its deliveries are queued in one transaction (:meth:`Store.record`), so
+after a crash it is either fully recorded and queued or not seen at all.
+
+Methods are synchronous; the daemon calls them through :class:`AsyncStore`,
+which runs them on one worker thread so the event loop never blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect, Engine
+
+from relay.clock import Clock
+from relay.errors import StoreError
+from relay.inbound import InboundMessage
+
+#: At most this many ids go into one ``IN (...)`` lookup.
+LOOKUP_CHUNK = 500
+#: How long a store call may take before the caller gives up on it.
+STORE_TIMEOUT = 30.0
+
+DeliveryState = Literal["pending", "delivered", "dead"]
+PENDING: Final = "pending"
+DELIVERED: Final = "delivered"
+DEAD: Final = "dead"
+
+T = TypeVar("T")
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware datetimes in, timezone-aware UTC datetimes out, on every engine."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store UTC; SQLite keeps no zone, so it gets the naive UTC time."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            msg = "naive datetime given to the store"
+            raise ValueError(msg)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Read back as aware UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+metadata = sa.MetaData()
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("number", sa.String(32), nullable=False),
+    sa.Column("provider_id", sa.String(128), nullable=False),
+    sa.Column("sender", sa.String(32), nullable=False),
+    sa.Column("recipient", sa.String(32), nullable=False),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False),
+    sa.Column("seen_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("number", "provider_id", name="uq_messages_number_provider_id"),
+)
+
+numbers = sa.Table(
+    "numbers",
+    metadata,
+    sa.Column("number", sa.String(32), primary_key=True),
+    sa.Column("first_polled_at", UtcDateTime(), nullable=False),
+    sa.Column("last_poll_at", UtcDateTime()),
+    sa.Column("last_success_at", UtcDateTime()),
+    sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text()),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("message_id", _ID, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("webhook", sa.String(64), nullable=False),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("queued_at", UtcDateTime(), nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    sa.Column("last_attempt_at", UtcDateTime()),
+    sa.Column("delivered_at", UtcDateTime()),
+    sa.Column("last_status", sa.Integer()),
+    sa.Column("last_error", sa.Text()),
+    sa.UniqueConstraint("message_id", "webhook", name="uq_deliveries_message_webhook"),
+)
+
+
+def webhook_id(number: str, provider_id: str, webhook: str) -> str:
+    """The Standard Webhooks ``webhook-id`` of one message to one webhook.
+
+    Derived from what identifies the delivery, so it is the same on every
+    attempt, after a replay, and even if the store were rebuilt.
+    """
+    digest = hashlib.sha256(f"{number}\x00{provider_id}\x00{webhook}".encode()).hexdigest()
+    return f"msg_{digest[:32]}"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one :meth:`Store.record` call wrote."""
+
+    messages: int
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery that is due, with the message it carries."""
+
+    id: int
+    webhook: str
+    webhook_id: str
+    attempts: int
+    queued_at: datetime
+    number: str
+    provider_id: str
+    sender: str
+    recipient: str
+    text: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one delivery attempt, to be written back."""
+
+    delivery_id: int
+    attempted_at: datetime
+    state: DeliveryState
+    next_attempt_at: datetime | None = None
+    status: int | None = None
+    error: str | None = None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url``, tuned for the relay (WAL and foreign keys on SQLite)."""
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        msg = f"store.url: cannot use {sa.engine.make_url(url).render_as_string()}: {exc}"
+        raise StoreError(msg) from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Store:
+    """Synchronous access to the store. One instance per process."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        dialect = engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            msg = f"store.url: unsupported database {dialect!r} (use sqlite or postgresql)"
+            raise StoreError(msg)
+        self._insert: Callable[[sa.Table], Any] = (
+            sqlite_insert if dialect == "sqlite" else postgresql_insert
+        )
+
+    @classmethod
+    def open(cls, url: str, clock: Clock, *, migrate: bool = True) -> Store:
+        """Connect to ``url`` and bring its schema up to date."""
+        store = cls(create_engine(url), clock)
+        if migrate:
+            store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        """Apply every Alembic migration not yet applied."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the store: {_one_line(exc)}") from None
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.engine.dispose()
+
+    # --- polling ------------------------------------------------------------
+
+    def known_numbers(self) -> set[str]:
+        """Numbers that have had their first poll (their backfill is done)."""
+        with self.engine.connect() as conn:
+            return set(conn.scalars(sa.select(numbers.c.number)))
+
+    def known_ids(self, number: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are already recorded for ``number``: one query per 500 ids."""
+        found: set[str] = set()
+        if not ids:
+            return found
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                chunk = ids[start : start + LOOKUP_CHUNK]
+                query = sa.select(messages.c.provider_id).where(
+                    messages.c.number == number, messages.c.provider_id.in_(chunk)
+                )
+                found.update(conn.scalars(query))
+        return found
+
+    def record(
+        self,
+        number: str,
+        new: Sequence[InboundMessage],
+        targets: Callable[[InboundMessage], Sequence[str]],
+    ) -> Recorded:
+        """Record ``new`` messages of ``number`` as seen and queue their deliveries.
+
+        One transaction: the number's first-poll mark, the messages, and one
+        pending delivery per webhook that ``targets(message)`` names. A message
+        already recorded (by an earlier poll or another relay) is left alone,
+        and gets no second set of deliveries.
+        """
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                self._insert(numbers)
+                .values(number=number, first_polled_at=now, last_poll_at=now, last_success_at=now)
+                .on_conflict_do_update(
+                    index_elements=[numbers.c.number],
+                    set_={"last_poll_at": now, "last_success_at": now},
+                )
+            )
+            if not new:
+                return Recorded(0, 0)
+            rows = [
+                {
+                    "number": number,
+                    "provider_id": m.id,
+                    "sender": m.sender,
+                    "recipient": m.recipient,
+                    "text": m.text or "",
+                    "received_at": m.received_at,
+                    "seen_at": now,
+                }
+                for m in new
+            ]
+            stmt = (
+                self._insert(messages)
+                .on_conflict_do_nothing(index_elements=[messages.c.number, messages.c.provider_id])
+                .returning(messages.c.id, messages.c.provider_id)
+            )
+            inserted = {pid: mid for mid, pid in conn.execute(stmt, rows)}
+            queued = [
+                {
+                    "message_id": inserted[m.id],
+                    "webhook": hook,
+                    "webhook_id": webhook_id(number, m.id, hook),
+                    "state": PENDING,
+                    "attempts": 0,
+                    "queued_at": now,
+                    "next_attempt_at": now,
+                }
+                for m in new
+                if m.id in inserted
+                for hook in targets(m)
+            ]
+            if queued:
+                conn.execute(deliveries.insert(), queued)
+        return Recorded(len(inserted), len(queued))
+
+    def record_failure(self, number: str, error: str) -> None:
+        """Note a failed poll of ``number`` (for ``status``), creating no first-poll mark."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                numbers.update()
+                .where(numbers.c.number == number)
+                .values(
+                    last_poll_at=now,
+                    consecutive_failures=numbers.c.consecutive_failures + 1,
+                    last_error=error,
+                )
+            )
+
+    # --- delivering ---------------------------------------------------------
+
+    def due(self, webhook: str, limit: int, exclude: Iterable[int] = ()) -> list[DueDelivery]:
+        """Up to ``limit`` pending deliveries to ``webhook`` that are due now, oldest first."""
+        now = self.clock.now()
+        query = (
+            sa.select(
+                deliveries.c.id,
+                deliveries.c.webhook,
+                deliveries.c.webhook_id,
+                deliveries.c.attempts,
+                deliveries.c.queued_at,
+                messages.c.number,
+                messages.c.provider_id,
+                messages.c.sender,
+                messages.c.recipient,
+                messages.c.text,
+                messages.c.received_at,
+            )
+            .join(messages, messages.c.id == deliveries.c.message_id)
+            .where(
+                deliveries.c.webhook == webhook,
+                deliveries.c.state == PENDING,
+                deliveries.c.next_attempt_at <= now,
+            )
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+        )
+        skip = list(exclude)
+        if skip:
+            query = query.where(deliveries.c.id.not_in(skip))
+        with self.engine.connect() as conn:
+            return [DueDelivery(*row) for row in conn.execute(query)]
+
+    def next_due(self, webhook: str, exclude: Iterable[int] = ()) -> datetime | None:
+        """When the earliest pending delivery to ``webhook`` falls due; None if none is pending."""
+        query = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+            deliveries.c.webhook == webhook, deliveries.c.state == PENDING
+        )
+        skip = list(exclude)
+        if skip:
+            query = query.where(deliveries.c.id.not_in(skip))
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        return UtcDateTime().process_result_value(value, self.engine.dialect)
+
+    def save_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Write back a batch of attempt results in one transaction."""
+        if not outcomes:
+            return
+        with self.engine.begin() as conn:
+            for o in outcomes:
+                values: dict[str, Any] = {
+                    "state": o.state,
+                    "attempts": deliveries.c.attempts + 1,
+                    "last_attempt_at": o.attempted_at,
+                    "last_status": o.status,
+                    "last_error": o.error,
+                }
+                if o.state == DELIVERED:
+                    values["delivered_at"] = o.attempted_at
+                elif o.next_attempt_at is not None:
+                    values["next_attempt_at"] = o.next_attempt_at
+                conn.execute(
+                    deliveries.update().where(deliveries.c.id == o.delivery_id).values(**values)
+                )
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries by state, for status lines and tests."""
+        query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
+        with self.engine.connect() as conn:
+            found = {state: int(n) for state, n in conn.execute(query)}
+        return {state: found.get(state, 0) for state in (PENDING, DELIVERED, DEAD)}
+
+    # --- retention ----------------------------------------------------------
+
+    def prune(self, retention: float) -> int:
+        """Delete messages older than ``retention`` seconds whose deliveries are all settled.
+
+        A message with a pending delivery is kept, whatever its age; so is one
+        with a dead delivery that failed within the retention window (it may be
+        replayed). Returns how many messages were deleted.
+        """
+        horizon = self.clock.now() - timedelta(seconds=retention)
+        blocking = sa.select(deliveries.c.id).where(
+            deliveries.c.message_id == messages.c.id,
+            sa.or_(
+                deliveries.c.state == PENDING,
+                sa.and_(deliveries.c.state == DEAD, deliveries.c.last_attempt_at >= horizon),
+            ),
+        )
+        old = sa.select(messages.c.id).where(messages.c.received_at < horizon, ~blocking.exists())
+        with self.engine.begin() as conn:
+            ids = list(conn.scalars(old))
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                chunk = ids[start : start + LOOKUP_CHUNK]
+                conn.execute(deliveries.delete().where(deliveries.c.message_id.in_(chunk)))
+                conn.execute(messages.delete().where(messages.c.id.in_(chunk)))
+        return len(ids)
+
+
+class AsyncStore:
+    """The store for the event loop: every call runs on one worker thread, with a timeout."""
+
+    def __init__(self, store: Store, *, timeout: float = STORE_TIMEOUT) -> None:
+        self.sync = store
+        self.timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the store thread; StoreError when it fails or takes too long."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except asyncio.TimeoutError:
+            msg = f"store call {fn.__name__} took longer than {self.timeout:g}s"
+            raise StoreError(msg) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"store call {fn.__name__} failed: {_one_line(exc)}") from exc
+
+    def close(self) -> None:
+        """Wait for the store thread's current call, then release the store."""
+        self._executor.shutdown(wait=True)
+        self.sync.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    """A database error's first line, without SQL or parameters (they may hold message text)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0] if text else ''}"[:300]

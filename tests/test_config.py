@@ -1,0 +1,515 @@
+"""The TOML loader: every value lands where it should, every mistake names its key."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from relay.config import (
+    DEFAULT_CONFIG_PATH,
+    ApiConfig,
+    Backfill,
+    Config,
+    LogConfig,
+    NumberConfig,
+    PollConfig,
+    StoreConfig,
+    TokenSource,
+    WebhookConfig,
+    config_path,
+    load,
+    parse_duration,
+)
+from relay.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "tok-3f9a-do-not-leak"
+KEY = b"0123456789abcdef0123456789"
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+HEADER_SECRET = "hdr-value-do-not-leak"
+DB_PASSWORD = "dbpassw0rd-do-not-leak"
+BAD_SECRET = "whsec_not-base64-do-not-leak!"
+SHORT_SECRET = "whsec_" + base64.b64encode(b"short-dnl").decode()
+#: Values that must never appear in an error message.
+SECRETS = [TOKEN, SECRET, HEADER_SECRET, DB_PASSWORD, BAD_SECRET, SHORT_SECRET]
+SECRETS += [secret.removeprefix("whsec_") for secret in (SECRET, SHORT_SECRET)]
+
+API = f'[api]\ntoken = "{TOKEN}"\n'
+HOOK = f'[[webhooks]]\nname = "crm"\nurl = "https://hooks.example.com/sms"\nsecret = "{SECRET}"\n'
+NUMBER = '[[numbers]]\nnumber = "+61400000001"\n'
+MINIMAL = API + HOOK + NUMBER  # ends in [[numbers]]: a case may add keys to it
+NO_ENV: dict[str, str] = {}
+
+
+def write(directory: Path, text: str, name: str = "config.toml") -> Path:
+    """Write ``text`` as a config file in ``directory`` and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    """Load ``text`` as a config file with an empty environment unless told."""
+    return load(write(tmp_path, text), environ=NO_ENV if environ is None else environ)
+
+
+FULL = f"""
+[api]
+base_url = "https://api.example.test/"
+token = "{TOKEN}"
+timeout = "20s"
+default_region = "nz"
+timezone = "Australia/Sydney"
+max_response_bytes = 2048
+ca_bundle = "ca.pem"
+allow_insecure_http = true
+
+[store]
+url = "postgresql://relay@db/relay"
+retention = "7d"
+
+[poll]
+interval = "30s"
+jitter = "500ms"
+backfill = "24h"
+concurrency = 4
+
+[[numbers]]
+number = "021 123 4567"
+webhooks = ["crm"]
+from = "+61411111111"
+interval = "5s"
+
+[[numbers]]
+number = "+61400000002"
+
+[[webhooks]]
+name = "crm"
+url = "https://hooks.example.com/sms"
+secret = "{SECRET}"
+timeout = "3s"
+retry_initial = "1s"
+retry_max = "10m"
+give_up_after = "1d"
+concurrency = 2
+headers = {{ "X-Api-Key" = "{HEADER_SECRET}", "X-Env" = "prod" }}
+
+[[webhooks]]
+name = "audit.log-2"
+url = "http://10.0.0.5:8080/in"
+secret_file = "hook.secret"
+
+[log]
+level = "DEBUG"
+format = "json"
+pii = true
+"""
+
+
+def test_full_config_round_trips(tmp_path: Path) -> None:
+    """Every key of a complete config lands in its dataclass field, normalised."""
+    (tmp_path / "ca.pem").write_text("pem")
+    (tmp_path / "hook.secret").write_text(f"{SECRET}\n")
+    path = write(tmp_path, FULL)
+
+    config = load(path, environ={"AATROX_TOKEN": "ignored"})
+
+    assert config.path == path
+    assert config.api == ApiConfig(
+        token_source=TokenSource("inline", TOKEN),
+        token=TOKEN,
+        base_url="https://api.example.test",
+        timeout=20.0,
+        default_region="NZ",
+        timezone=ZoneInfo("Australia/Sydney"),
+        max_response_bytes=2048,
+        ca_bundle=tmp_path / "ca.pem",
+        allow_insecure_http=True,
+    )
+    assert config.store == StoreConfig("postgresql://relay@db/relay", retention=7 * 86400.0)
+    assert config.poll == PollConfig(
+        interval=30.0, jitter=0.5, backfill=Backfill("window", 86400.0), concurrency=4
+    )
+    assert config.numbers == (
+        NumberConfig("+64211234567", ("crm",), interval=5.0, sender="+61411111111"),
+        NumberConfig("+61400000002", ("crm", "audit.log-2"), interval=30.0),
+    )
+    assert config.webhooks == (
+        WebhookConfig(
+            name="crm",
+            url="https://hooks.example.com/sms",
+            secret=KEY,
+            timeout=3.0,
+            retry_initial=1.0,
+            retry_max=600.0,
+            give_up_after=86400.0,
+            concurrency=2,
+            headers=(("X-Api-Key", HEADER_SECRET), ("X-Env", "prod")),
+        ),
+        WebhookConfig(name="audit.log-2", url="http://10.0.0.5:8080/in", secret=KEY),
+    )
+    assert config.webhook("audit.log-2") is config.webhooks[1]
+    assert config.log == LogConfig(level="debug", format="json", pii=True)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    """A config with only a token gets every documented default."""
+    config = load_text(tmp_path, API)
+
+    assert config.api == ApiConfig(
+        token_source=TokenSource("inline", TOKEN), token=TOKEN, timezone=timezone.utc
+    )
+    assert config.store == StoreConfig("sqlite:///aatrox-relay.db")
+    assert config.poll == PollConfig()
+    assert config.numbers == ()
+    assert config.webhooks == ()
+    assert config.log == LogConfig()
+
+
+def test_default_store_follows_state_directory(tmp_path: Path) -> None:
+    """Without store.url the database goes in systemd's $STATE_DIRECTORY."""
+    config = load_text(tmp_path, API, environ={"STATE_DIRECTORY": "/var/lib/relay:/other"})
+
+    assert config.store.url == "sqlite:////var/lib/relay/relay.db"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("15s", 15.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("3d", 259200.0),
+        ("1.5s", 1.5),
+        ("0.25m", 15.0),
+        ("0", 0.0),
+        ("0s", 0.0),
+        (" 10s ", 10.0),
+        (0, 0.0),
+        (7, 7.0),
+        (2.5, 2.5),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    """Every unit, fractions, zero and plain numbers of seconds parse to seconds."""
+    assert parse_duration(value, "poll.interval") == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fast", 'poll.interval: "fast" is not a duration'),
+        ("-1s", 'poll.interval: "-1s" is not a duration'),
+        ("10", 'poll.interval: "10" is not a duration'),
+        ("1.s", 'poll.interval: "1.s" is not a duration'),
+        ("5 m", 'poll.interval: "5 m" is not a duration'),
+        ("1w", 'poll.interval: "1w" is not a duration'),
+        ("", 'poll.interval: "" is not a duration'),
+        (-3, "poll.interval: -3 is not a duration"),
+        (float("inf"), "poll.interval: inf is not a duration"),
+        (10**400, "poll.interval: " + repr(10**400) + " is not a duration"),
+        (True, "poll.interval: expected a duration, got boolean"),
+        (["1s"], "poll.interval: expected a duration, got array"),
+    ],
+)
+def test_parse_duration_rejects(value: object, message: str) -> None:
+    """Anything but a non-negative duration is an error naming the key and the value."""
+    with pytest.raises(ConfigError) as caught:
+        parse_duration(value, "poll.interval")
+
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("+61412345678", "61412345678"),
+        ("+61412345678", "0412 345 678"),
+        ("61412345678", "0412345678"),
+    ],
+)
+def test_spellings_of_one_number_are_one_number(tmp_path: Path, first: str, second: str) -> None:
+    """E.164, international digits and national form of a number collide as duplicates."""
+    text = f'{API}{HOOK}[[numbers]]\nnumber = "{first}"\n[[numbers]]\nnumber = "{second}"\n'
+
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+
+    assert (
+        str(caught.value) == "numbers[1].number: +61412345678 is already configured at numbers[0]"
+    )
+
+
+@pytest.fixture
+def token_env(tmp_path: Path) -> dict[str, str]:
+    """An environment offering both $AATROX_TOKEN and a systemd credential."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "aatrox-token").write_text("credential-token\n")
+    return {"AATROX_TOKEN": "env-token", "CREDENTIALS_DIRECTORY": str(credentials)}
+
+
+def test_inline_token_comes_first(tmp_path: Path, token_env: dict[str, str]) -> None:
+    """api.token wins over $AATROX_TOKEN and the credential."""
+    config = load_text(tmp_path, API, environ=token_env)
+
+    assert config.api.token_source == TokenSource("inline", TOKEN)
+    assert config.api.token == TOKEN
+
+
+def test_token_file_is_read_relative_to_the_config(
+    tmp_path: Path, token_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api.token_file is read from the config's directory, not the working one, before env."""
+    etc = tmp_path / "etc"
+    write(etc, "file-token\n", name="token")
+    monkeypatch.chdir(tmp_path)
+
+    config = load(write(etc, '[api]\ntoken_file = "token"\n'), environ=token_env)
+
+    assert config.api.token_source == TokenSource("file", str(etc / "token"))
+    assert config.api.token == "file-token"
+
+
+def test_env_token_comes_before_the_credential(tmp_path: Path, token_env: dict[str, str]) -> None:
+    """$AATROX_TOKEN is used when the config names no token, even with a credential."""
+    config = load_text(tmp_path, "", environ=token_env)
+
+    assert config.api.token_source == TokenSource("env", "env-token")
+    assert config.api.token == "env-token"
+
+
+def test_credential_token_comes_last(tmp_path: Path, token_env: dict[str, str]) -> None:
+    """The systemd credential is used when nothing else gives a token."""
+    del token_env["AATROX_TOKEN"]
+
+    config = load_text(tmp_path, "", environ=token_env)
+
+    credential = str(tmp_path / "credentials" / "aatrox-token")
+    assert config.api.token_source == TokenSource("credential", credential)
+    assert config.api.token == "credential-token"
+
+
+def test_no_token_is_an_error(tmp_path: Path) -> None:
+    """Without any token source the error lists all four."""
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, "", environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+
+    assert str(caught.value) == (
+        "api.token: no token: set api.token, api.token_file, $AATROX_TOKEN,"
+        ' or a systemd credential "aatrox-token"'
+    )
+
+
+@pytest.mark.parametrize("content", [None, "  \n"], ids=["missing", "empty"])
+def test_unusable_token_file_names_api_token_file(tmp_path: Path, content: str | None) -> None:
+    """A missing or empty token file is an error naming api.token_file, at load time."""
+    if content is not None:
+        write(tmp_path, content, name="token")
+
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, '[api]\ntoken_file = "token"\n', environ={"AATROX_TOKEN": "x"})
+
+    message = str(caught.value)
+    assert message.startswith("api.token_file: ")
+    assert str(tmp_path / "token") in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:8080",
+        "http://127.0.0.1/",
+        "http://127.9.9.9:1",
+        "http://[::1]:8000",
+        "https://api.example.test",
+    ],
+)
+def test_http_base_url_is_allowed_for_loopback(tmp_path: Path, url: str) -> None:
+    """http:// is fine for loopback hosts (and https:// anywhere); a trailing / is dropped."""
+    config = load_text(tmp_path, f'{API}base_url = "{url}"\n')
+
+    assert config.api.base_url == url.rstrip("/")
+
+
+@pytest.mark.parametrize("url", ["http://api.example.test", "HTTP://10.0.0.1", "http://[::2]"])
+def test_http_base_url_is_refused_for_other_hosts(tmp_path: Path, url: str) -> None:
+    """http:// to a remote host needs api.allow_insecure_http, and the error says so."""
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, f'{API}base_url = "{url}"\n')
+
+    assert str(caught.value) == (
+        "api.base_url: http:// is only allowed for loopback hosts"
+        " (set api.allow_insecure_http = true to override)"
+    )
+
+
+def test_allow_insecure_http_permits_any_http_host(tmp_path: Path) -> None:
+    """With allow_insecure_http = true a remote http:// base_url is accepted."""
+    text = f'{API}base_url = "http://10.1.2.3:8080"\nallow_insecure_http = true\n'
+
+    assert load_text(tmp_path, text).api.base_url == "http://10.1.2.3:8080"
+
+
+def test_utc_timezone_is_the_stdlib_utc(tmp_path: Path) -> None:
+    """timezone = "UTC" is datetime.timezone.utc, not a ZoneInfo."""
+    assert load_text(tmp_path, f'{API}timezone = "UTC"\n').api.timezone is timezone.utc
+
+
+def test_zero_jitter_is_allowed(tmp_path: Path) -> None:
+    """poll.jitter may be 0, unlike the other durations."""
+    assert load_text(tmp_path, f'{API}[poll]\njitter = "0"\n').poll.jitter == 0.0
+
+
+def test_backfill_modes(tmp_path: Path) -> None:
+    """poll.backfill takes "none", "all" or a duration window."""
+    for value, expected in [
+        ("none", Backfill("none")),
+        ("all", Backfill("all")),
+        ("90m", Backfill("window", 5400.0)),
+    ]:
+        config = load_text(tmp_path, f'{API}[poll]\nbackfill = "{value}"\n')
+        assert config.poll.backfill == expected
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    """A config file that does not exist is an error naming its path."""
+    path = tmp_path / "nope.toml"
+
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read"):
+        load(path, environ=NO_ENV)
+
+
+def test_toml_syntax_error_names_the_path(tmp_path: Path) -> None:
+    """Broken TOML is a one-line error with the path and tomllib's position."""
+    path = write(tmp_path, f'{API}timeout = \n"10s"\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ=NO_ENV)
+
+    message = str(caught.value)
+    assert message.startswith(f"{path}: invalid TOML: ")
+    assert "line 3" in message
+    assert "\n" not in message
+    assert TOKEN not in message
+
+
+def test_config_path_order() -> None:
+    """--config beats $AATROX_RELAY_CONFIG, which beats the default path."""
+    env = {"AATROX_RELAY_CONFIG": "/env/config.toml"}
+
+    assert config_path("/cli/config.toml", env) == Path("/cli/config.toml")
+    assert config_path(None, env) == Path("/env/config.toml")
+    assert config_path(None, {}) == DEFAULT_CONFIG_PATH
+
+
+def test_example_config_loads() -> None:
+    """config.example.toml is itself a valid config once a token is in the environment."""
+    config = load(ROOT / "config.example.toml", environ={"AATROX_TOKEN": "x"})
+
+    assert config.api.token_source == TokenSource("env", "x")
+    assert [number.number for number in config.numbers] == ["+61400000001", "+61400000002"]
+    assert [hook.name for hook in config.webhooks] == ["crm"]
+
+
+BAD_CONFIGS = [
+    ("top-level", "colour = 1\n" + MINIMAL, "colour: unknown top-level key"),
+    ("api-unknown", API + 'tokn = "x"\n', 'api: unknown key "tokn"'),
+    ("api-table", 'api = "x"\n', "api: expected a table, got string"),
+    ("api-timeout-type", API + "timeout = true\n", "api.timeout: expected a duration, got boolean"),
+    ("api-timeout-zero", API + 'timeout = "0s"\n', "api.timeout: must be greater than 0"),
+    ("base-url", API + 'base_url = "ftp://x"\n', "api.base_url: is not an http:// or https://"),
+    ("token-empty", '[api]\ntoken = " "\n', "api.token: is empty"),
+    ("token-both", API + 'token_file = "t"\n', "api.token_file: cannot be set together"),
+    ("region", API + 'default_region = "XX"\n', 'api.default_region: "XX" is not a region'),
+    ("timezone", API + 'timezone = "Mars/Olympus"\n', 'api.timezone: "Mars/Olympus" is not an'),
+    ("max-response", API + "max_response_bytes = 100\n", "api.max_response_bytes: must be at"),
+    ("ca-bundle", API + 'ca_bundle = "nope.pem"\n', "api.ca_bundle: "),
+    ("store-url", API + f'[store]\nurl = "mysql://u:{DB_PASSWORD}@h/db"\n', "store.url: must"),
+    ("retention", API + '[store]\nretention = "0"\n', "store.retention: must be greater than 0"),
+    ("interval", API + '[poll]\ninterval = "fast"\n', 'poll.interval: "fast" is not a duration'),
+    ("interval-min", API + '[poll]\ninterval = "50ms"\n', "poll.interval: must be at least 0.1s"),
+    ("backfill", API + '[poll]\nbackfill = "x"\n', 'poll.backfill: "x" is not "none", "all" or'),
+    ("backfill-0", API + '[poll]\nbackfill = "0s"\n', "poll.backfill: must be greater than 0"),
+    ("poll-conc", API + "[poll]\nconcurrency = 0\n", "poll.concurrency: must be at least 1"),
+    ("numbers-table", API + HOOK + '[numbers]\nnumber = "+61400000001"\n', "numbers: expected"),
+    ("no-webhook", API + NUMBER, "webhooks: at least one webhook is required"),
+    ("number-missing", API + HOOK + "[[numbers]]\n", "numbers[0].number: is required"),
+    ("number-bad", API + HOOK + '[[numbers]]\nnumber = "12"\n', "numbers[0].number: '12' is"),
+    ("number-key", MINIMAL + "[[numbers]]\nnumbr = 1\n", 'numbers[1]: unknown key "numbr"'),
+    (
+        "number-hook",
+        MINIMAL + NUMBER.replace("01", "02") + NUMBER.replace("01", "03") + 'webhooks = ["crm2"]\n',
+        'numbers[2].webhooks: unknown webhook "crm2"',
+    ),
+    ("number-hooks-empty", MINIMAL + "webhooks = []\n", "numbers[0].webhooks: is empty"),
+    ("from", MINIMAL + 'from = "abc"\n', "numbers[0].from: 'abc' is not a phone number"),
+    ("number-interval", MINIMAL + 'interval = "1ms"\n', "numbers[0].interval: must be at least"),
+    ("hook-name", API + HOOK.replace('"crm"', '"c r m"'), 'webhooks[0].name: "c r m" is not'),
+    ("hook-dup", API + HOOK + HOOK, 'webhooks[1].name: "crm" is already used by webhooks[0]'),
+    ("hook-url", API + HOOK.replace("https://", "mailto:"), "webhooks[0].url: is not an http"),
+    ("hook-secret", API + HOOK.replace(SECRET, BAD_SECRET), "webhooks[0].secret: is not whsec_"),
+    ("secret-short", API + HOOK.replace(SECRET, SHORT_SECRET), "webhooks[0].secret: is short"),
+    (
+        "secret-none",
+        API + HOOK.replace("secret =", "# secret ="),
+        "webhooks[0].secret: set exactly",
+    ),
+    ("secret-both", API + HOOK + 'secret_file = "s"\n', "webhooks[0].secret: set exactly one"),
+    (
+        "secret-file-missing",
+        API + HOOK.replace(f'secret = "{SECRET}"', 'secret_file = "missing.secret"'),
+        "webhooks[0].secret_file: cannot read",
+    ),
+    (
+        "hook-conc",
+        API + HOOK + 'concurrency = "8"\n',
+        "webhooks[0].concurrency: expected an integer",
+    ),
+    (
+        "hook-conc-max",
+        API + HOOK + "concurrency = 1001\n",
+        "webhooks[0].concurrency: must be at most",
+    ),
+    (
+        "retry-max",
+        API + HOOK + 'retry_max = "1s"\n',
+        "webhooks[0].retry_max: must not be less than",
+    ),
+    ("give-up", API + HOOK + "give_up_after = 0\n", "webhooks[0].give_up_after: must be greater"),
+    (
+        "reserved-header",
+        API + HOOK + f'headers = {{ "content-TYPE" = "{HEADER_SECRET}" }}\n',
+        "webhooks[0].headers.content-TYPE: is reserved",
+    ),
+    (
+        "header-type",
+        API + HOOK + 'headers = { "X-N" = 5 }\n',
+        "webhooks[0].headers.X-N: expected a",
+    ),
+    ("hook-key", API + HOOK + 'sekret = "x"\n', 'webhooks[0]: unknown key "sekret"'),
+    ("log-level", API + '[log]\nlevel = "loud"\n', 'log.level: "loud" is not one of debug, info'),
+    ("log-format", API + '[log]\nformat = "xml"\n', 'log.format: "xml" is not one of text, json'),
+    ("log-pii", API + '[log]\npii = "yes"\n', "log.pii: expected a boolean, got string"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "start"), [case[1:] for case in BAD_CONFIGS], ids=[case[0] for case in BAD_CONFIGS]
+)
+def test_bad_config_names_its_key(tmp_path: Path, text: str, start: str) -> None:
+    """Each mistake is a one-line error that starts with its key and leaks no secret."""
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+
+    message = str(caught.value)
+    assert message.startswith(start)
+    assert "\n" not in message
+    for secret in SECRETS:
+        assert secret not in message

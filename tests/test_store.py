@@ -1,0 +1,208 @@
+"""The store on a real SQLite file and a real PostgreSQL: dedup, atomicity, outcomes, pruning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from relay.clock import FakeClock
+from relay.inbound import InboundMessage
+from relay.store import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    Outcome,
+    Store,
+    deliveries,
+    messages,
+    webhook_id,
+)
+
+NUMBER = "+61400000001"
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def msg(i: int, *, at: datetime | None = None, text: str = "hello") -> InboundMessage:
+    """A message with provider id ``str(i)``."""
+    return InboundMessage(
+        id=str(i),
+        sender="+61412345678",
+        recipient=NUMBER,
+        text=text,
+        received_at=at or T0 + timedelta(seconds=i),
+    )
+
+
+@pytest.fixture
+def store(store_url: str, clock: FakeClock) -> Iterator[Store]:
+    """A migrated store."""
+    s = Store.open(store_url, clock)
+    yield s
+    s.close()
+
+
+def both(_m: InboundMessage) -> tuple[str, ...]:
+    """Queue every message to two webhooks."""
+    return ("a", "b")
+
+
+class QueryCounter:
+    """Counts statements sent to the database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.count = 0
+        self.engine = engine
+        sa.event.listen(engine, "before_cursor_execute", self._on)
+
+    def _on(self, *_args: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        """Stop counting."""
+        sa.event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+def test_migrate_is_idempotent(store: Store) -> None:
+    """Migrating an up-to-date store again changes nothing and does not fail."""
+    store.migrate()
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_record_queues_one_delivery_per_webhook(store: Store) -> None:
+    """A new message is recorded once with a pending delivery for each target webhook."""
+    result = store.record(NUMBER, [msg(1), msg(2)], both)
+    assert (result.messages, result.deliveries) == (2, 4)
+    due = store.due("a", 10)
+    assert [d.provider_id for d in due] == ["1", "2"]
+    assert due[0].webhook_id == webhook_id(NUMBER, "1", "a")
+    assert due[0].received_at == T0 + timedelta(seconds=1)
+    assert due[0].received_at.tzinfo is not None
+
+
+def test_dedup_survives_reopening(store_url: str, clock: FakeClock) -> None:
+    """Ids recorded before a restart are known after it, and recording them again queues nothing."""
+    first = Store.open(store_url, clock)
+    first.record(NUMBER, [msg(1), msg(2)], both)
+    first.close()
+    again = Store.open(store_url, clock)
+    try:
+        assert again.known_ids(NUMBER, ["1", "2", "3"]) == {"1", "2"}
+        result = again.record(NUMBER, [msg(2), msg(3)], both)
+        assert (result.messages, result.deliveries) == (1, 2)
+        assert again.counts()[PENDING] == 6
+        assert again.known_numbers() == {NUMBER}
+    finally:
+        again.close()
+
+
+def test_ids_are_per_number(store: Store) -> None:
+    """The same provider id on another number is another message."""
+    store.record(NUMBER, [msg(1)], both)
+    assert store.known_ids("+61400000002", ["1"]) == set()
+
+
+def test_record_is_one_transaction(store: Store) -> None:
+    """If queueing fails midway, the message is not recorded as seen either."""
+
+    def explode(_m: InboundMessage) -> tuple[str, ...]:
+        raise RuntimeError("crash while queueing")
+
+    with pytest.raises(RuntimeError):
+        store.record(NUMBER, [msg(1)], explode)
+    assert store.known_ids(NUMBER, ["1"]) == set()
+    assert store.known_numbers() == set()
+
+
+def test_known_ids_batches_lookups(store: Store) -> None:
+    """Looking up a 1,000-message window costs two queries, not a thousand."""
+    store.record(NUMBER, [msg(i) for i in range(1000)], both)
+    counter = QueryCounter(store.engine)
+    try:
+        known = store.known_ids(NUMBER, [str(i) for i in range(1000)])
+    finally:
+        counter.close()
+    assert len(known) == 1000
+    assert counter.count <= 2
+
+
+def test_record_of_a_batch_costs_bounded_queries(store: Store) -> None:
+    """Recording 1,000 new messages is a handful of statements, not thousands."""
+    counter = QueryCounter(store.engine)
+    try:
+        store.record(NUMBER, [msg(i) for i in range(1000)], both)
+    finally:
+        counter.close()
+    assert counter.count <= 20
+
+
+def test_outcomes_move_deliveries(store: Store, clock: FakeClock) -> None:
+    """Delivered and dead leave the queue; a retry is due again only at its time."""
+    store.record(NUMBER, [msg(1), msg(2), msg(3)], lambda _m: ("a",))
+    d1, d2, d3 = store.due("a", 10)
+    later = clock.now() + timedelta(seconds=30)
+    store.save_outcomes(
+        [
+            Outcome(d1.id, clock.now(), DELIVERED, status=204),
+            Outcome(d2.id, clock.now(), PENDING, later, 503, "HTTP 503"),
+            Outcome(d3.id, clock.now(), DEAD, status=410, error="HTTP 410"),
+        ]
+    )
+    assert store.due("a", 10) == []
+    assert store.next_due("a") == later
+    clock.advance(30)
+    (retry,) = store.due("a", 10)
+    assert (retry.id, retry.attempts, retry.webhook_id) == (d2.id, 1, d2.webhook_id)
+    assert store.counts() == {PENDING: 1, DELIVERED: 1, DEAD: 1}
+
+
+def test_due_excludes_in_flight(store: Store) -> None:
+    """Deliveries already in flight are not handed out twice."""
+    store.record(NUMBER, [msg(1), msg(2)], lambda _m: ("a",))
+    first = store.due("a", 1)
+    rest = store.due("a", 10, exclude=[first[0].id])
+    assert [d.provider_id for d in rest] == ["2"]
+    assert store.next_due("a", exclude=[d.id for d in first + rest]) is None
+
+
+def test_prune_keeps_what_is_unsettled(store: Store, clock: FakeClock) -> None:
+    """Old delivered messages go; old pending ones and recent dead letters stay."""
+    store.record(NUMBER, [msg(1), msg(2), msg(3), msg(4)], lambda _m: ("a",))
+    d1, _d2, d3, d4 = store.due("a", 10)
+    store.save_outcomes(
+        [
+            Outcome(d1.id, clock.now(), DELIVERED, status=200),
+            Outcome(d3.id, clock.now(), DEAD, error="HTTP 410"),
+        ]
+    )
+    clock.advance(86400 * 2)
+    store.save_outcomes([Outcome(d4.id, clock.now(), DEAD, error="HTTP 410")])
+    pruned = store.prune(retention=86400)
+    assert pruned == 2  # message 1 (delivered) and 3 (dead before the horizon)
+    assert store.known_ids(NUMBER, ["1", "2", "3", "4"]) == {"2", "4"}
+    with store.engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(deliveries)).scalar()
+        assert left == 2
+        assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 2
+
+
+def test_failure_is_noted_for_known_numbers(store: Store) -> None:
+    """A failed poll updates a known number's state and does not mark a new one as polled."""
+    store.record_failure("+61400000009", "HTTP 500")
+    assert store.known_numbers() == set()
+    store.record(NUMBER, [], both)
+    store.record_failure(NUMBER, "HTTP 500")
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT consecutive_failures, last_error FROM numbers")).one()
+    assert tuple(row) == (1, "HTTP 500")
+
+
+def test_text_round_trips(store: Store) -> None:
+    """Emoji and non-Latin text come back exactly as stored."""
+    text = "こんにちは 👋 — ünïcödé"
+    store.record(NUMBER, [msg(1, text=text)], lambda _m: ("a",))
+    assert store.due("a", 1)[0].text == text
