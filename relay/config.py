@@ -51,6 +51,8 @@ DEFAULT_RETRY_INITIAL = 5.0
 DEFAULT_RETRY_MAX = 3600.0
 DEFAULT_GIVE_UP_AFTER = 3 * 86400.0
 DEFAULT_WEBHOOK_CONCURRENCY = 8
+DEFAULT_LEASE = 15.0
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class StoreConfig:
 
     url: str
     retention: float = DEFAULT_RETENTION
+    #: How long a relay's hold on a number or a delivery lasts unless renewed:
+    #: the time within which another relay takes over from a dead one.
+    lease: float = DEFAULT_LEASE
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class NumberConfig:
     webhooks: tuple[str, ...]  # resolved names; every webhook when the entry named none
     interval: float
     sender: str | None = None  # ``from``, E.164
+    #: Replies from this number go through /sms/send/disclaimer.
+    disclaimer: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,36 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: the health, metrics and send endpoint, when ``listen`` is set."""
+
+    host: str
+    port: int
+    #: Bearer token for ``POST /v1/send``; without one that endpoint does not exist.
+    send_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class SentryConfig:
+    """``[sentry]``: error reporting, when ``dsn`` is set."""
+
+    dsn: str = field(repr=False)
+    environment: str | None = None
+    release: str | None = None
+    traces_sample_rate: float = 0.0
+    #: Report each poll job as a Sentry cron check-in.
+    monitor: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: the daemon's lifecycle."""
+
+    #: On SIGTERM, how long deliveries in flight may take to finish.
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -175,6 +212,9 @@ class Config:
     numbers: tuple[NumberConfig, ...]
     webhooks: tuple[WebhookConfig, ...]
     log: LogConfig = field(default_factory=LogConfig)
+    http: HttpConfig | None = None
+    sentry: SentryConfig | None = None
+    run: RunConfig = field(default_factory=RunConfig)
     path: Path | None = None
 
     def webhook(self, name: str) -> WebhookConfig:
