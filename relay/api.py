@@ -91,11 +91,14 @@ class AatroxClient:
             transport=transport,
         )
 
-    def set_token(self, token: str) -> None:
-        """Use ``token`` from the next request on (token rotation)."""
+    def set_token(self, token: str) -> bool:
+        """Use ``token`` from the next request on (token rotation); whether it changed."""
         _check_token(token)
+        if token == self._token:
+            return False
         self._token = token
         self._client.headers["Authorization"] = f"Bearer {token}"
+        return True
 
     async def receive(self, number: str, sender: str | None = None) -> Listing:
         """``GET /sms/receive``: the messages the API lists for ``number``.

@@ -242,20 +242,31 @@ def default_store_url(environ: dict[str, str] | None = None) -> str:
 MIN_POLL_INTERVAL = 0.1
 MIN_MAX_RESPONSE_BYTES = 1024
 MAX_WEBHOOK_CONCURRENCY = 1000
+#: A shorter lease would expire between renewals under ordinary load.
+MIN_LEASE = 1.0
+#: ``http.send_token`` guards sending SMS: too short a token can be guessed.
+MIN_SEND_TOKEN_LENGTH = 16
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 #: Headers the relay sets on every delivery, so ``webhooks.headers`` may not.
 RESERVED_HEADERS = frozenset(
     ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature")
 )
-SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log")
+SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentry", "run")
 _API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
              "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
 _WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "timeout", "retry_initial",
                  "retry_max", "give_up_after", "concurrency", "headers")  # fmt: skip
+_NUMBER_KEYS = ("number", "webhooks", "from", "interval", "disclaimer")
+_HTTP_KEYS = ("listen", "send_token", "send_token_file")
+_SENTRY_KEYS = ("dsn", "environment", "release", "traces_sample_rate", "monitor")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _WEBHOOK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+#: ``host:port`` with a host name or IPv4 address, or ``[IPv6]:port``.
+_LISTEN_RE = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
+#: Characters a bearer token may hold: visible ASCII, no spaces.
+_TOKEN_RE = re.compile(r"[!-~]+")
 _TOML_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
                (list, "array"), (Mapping, "table"), (datetime, "datetime"), (date, "date"),
                (time, "time"))  # fmt: skip
@@ -371,6 +382,15 @@ class _Table:
             self.fail(name, f"must be at least {at_least:g}s")
         return seconds
 
+    def fraction(self, name: str, default: float) -> float:
+        """A number from 0 to 1; integers 0 and 1 are fine."""
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(name, f"expected a number, got {_toml_type(value)}")
+        if not 0 <= value <= 1:  # NaN fails this too
+            self.fail(name, f"must be from 0 to 1, got {_show(value)}")
+        return float(value)
+
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
         value = self.text(name, default)
         if value.lower() not in choices:
@@ -426,20 +446,27 @@ def parse(
     base = Path.cwd() if base_dir is None else base_dir
     root = _Table(data, "", SECTIONS)
     api = _parse_api(root.table("api", _API_KEYS), env, base)
-    store = root.table("store", ("url", "retention"))
+    store = root.table("store", ("url", "retention", "lease"))
     store_url = store.text("url") or default_store_url(dict(env))
     if not store_url.startswith(("sqlite", "postgresql")):
         store.fail("url", "must start with sqlite or postgresql")
     poll = _parse_poll(root.table("poll", ("interval", "jitter", "backfill", "concurrency")))
     seen: dict[str, str] = {}
     webhooks = tuple(_parse_webhook(t, base, seen) for t in root.tables("webhooks", _WEBHOOK_KEYS))
-    number_tables = root.tables("numbers", ("number", "webhooks", "from", "interval"))
+    number_tables = root.tables("numbers", _NUMBER_KEYS)
     if number_tables and not webhooks:
         _fail("webhooks", "at least one webhook is required")
     log = root.table("log", ("level", "format", "pii"))
+    http = _parse_http(root.table("http", _HTTP_KEYS), base) if "http" in data else None
+    sentry = _parse_sentry(root.table("sentry", _SENTRY_KEYS)) if "sentry" in data else None
+    run = root.table("run", ("shutdown_timeout",))
     return Config(
         api=api,
-        store=StoreConfig(store_url, store.duration("retention", DEFAULT_RETENTION)),
+        store=StoreConfig(
+            store_url,
+            retention=store.duration("retention", DEFAULT_RETENTION),
+            lease=store.duration("lease", DEFAULT_LEASE, MIN_LEASE),
+        ),
         poll=poll,
         numbers=_parse_numbers(number_tables, api.default_region, poll.interval, tuple(seen)),
         webhooks=webhooks,
@@ -448,6 +475,9 @@ def parse(
             format="json" if log.choice("format", LOG_FORMATS, "text") == "json" else "text",
             pii=log.get("pii", bool, "a boolean", False),
         ),
+        http=http,
+        sentry=sentry,
+        run=RunConfig(shutdown_timeout=run.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)),
     )
 
 
@@ -608,6 +638,78 @@ def _parse_numbers(
                 webhooks=tuple(dict.fromkeys(names)),
                 interval=entry.duration("interval", interval, MIN_POLL_INTERVAL),
                 sender=entry.phone("from", region),
+                disclaimer=entry.get("disclaimer", bool, "a boolean", False),
             )
         )
     return tuple(numbers)
+
+
+def _parse_http(http: _Table, base: Path) -> HttpConfig:
+    """``[http]``: ``listen`` as host and port, and the optional send token."""
+    if "listen" not in http.data:
+        http.fail("listen", f"required when [{http.key}] is present")
+    listen = http.text("listen")
+    match = _LISTEN_RE.fullmatch(listen)
+    host = (match[1] or match[2]) if match else ""
+    if not match or int(match[3]) > 65535 or not _is_listen_host(host, bool(match[1])):
+        http.fail("listen", f"{_show(listen)} is not host:port")
+    return HttpConfig(host=host, port=int(match[3]), send_token=_send_token(http, base))
+
+
+def _is_listen_host(host: str, bracketed: bool) -> bool:
+    """An IPv6 address when ``bracketed``, else an IPv4 address or a host name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return not bracketed and not host.replace(".", "").isdigit() and all(host.split("."))
+    return address.version == (6 if bracketed else 4)
+
+
+def _send_token(http: _Table, base: Path) -> str | None:
+    """``send_token`` or the stripped contents of ``send_token_file``; never shown."""
+    if "send_token" in http.data and "send_token_file" in http.data:
+        http.fail("send_token_file", f"cannot be set together with {http.sub('send_token')}")
+    token, path = http.text("send_token"), http.path("send_token_file", base)
+    name = "send_token" if path is None else "send_token_file"
+    if path is not None:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            http.fail(name, f"cannot read {path}: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            http.fail(name, f"{path} is not UTF-8 text")
+        if not token:
+            http.fail(name, f"{path} is empty")
+    elif "send_token" not in http.data:
+        return None
+    if len(token) < MIN_SEND_TOKEN_LENGTH:
+        http.fail(name, f"must be at least {MIN_SEND_TOKEN_LENGTH} characters")
+    if not _TOKEN_RE.fullmatch(token):
+        http.fail(name, "must be printable ASCII without spaces")
+    return token
+
+
+def _parse_sentry(sentry: _Table) -> SentryConfig:
+    """``[sentry]``: the DSN is checked as the SDK would, and never echoed."""
+    if "dsn" not in sentry.data:
+        sentry.fail("dsn", f"required when [{sentry.key}] is present")
+    dsn = sentry.text("dsn")
+    try:
+        parts = urlsplit(dsn)
+        project = parts.path.rsplit("/", 1)[-1]
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname and parts.username)
+        ok = ok and project.isascii() and project.isdigit() and parts.port != 0
+    except ValueError:  # a malformed port or IPv6 address
+        ok = False
+    if not ok:
+        sentry.fail("dsn", "is not a Sentry DSN")
+    for name in ("environment", "release"):
+        if name in sentry.data and not sentry.text(name):
+            sentry.fail(name, "is empty")
+    return SentryConfig(
+        dsn=dsn,
+        environment=sentry.text("environment") or None,
+        release=sentry.text("release") or None,
+        traces_sample_rate=sentry.fraction("traces_sample_rate", 0.0),
+        monitor=sentry.get("monitor", bool, "a boolean", False),
+    )

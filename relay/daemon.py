@@ -1,18 +1,33 @@
-"""The relay assembled: config -> scheduler -> poller -> store -> dispatcher -> webhook."""
+"""The relay assembled: config -> scheduler -> poller -> store -> dispatcher -> webhook.
+
+:class:`Relay` owns the pipeline's parts and their lifecycle: open (migrate the
+store, take the single-instance lock on SQLite), run until told to stop,
+reload a new config in place, and drain on the way out. What a service adds
+around it (signals, systemd, health and metrics, Sentry) is in ``service.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
-from relay import __version__
+import sqlalchemy as sa
+
+from relay import __version__, logs
 from relay.api import AatroxClient
 from relay.clock import Clock, SystemClock
 from relay.config import Config
 from relay.dispatcher import Dispatcher
-from relay.errors import RelayError
+from relay.errors import ConfigError, RelayError, StoreError
+from relay.events import Events
+from relay.leases import LeaseKeeper
 from relay.logs import fields
+from relay.outbox import Outbox
 from relay.poller import Poller, PollResult
 from relay.retry import Jitter
 from relay.scheduler import Scheduler
@@ -20,8 +35,6 @@ from relay.store import AsyncStore, Store
 
 log = logging.getLogger("relay")
 
-#: How long SIGTERM waits for requests in flight before cutting them off.
-SHUTDOWN_TIMEOUT = 10.0
 #: Retention runs this long after start, then this often.
 PRUNE_FIRST = 60.0
 PRUNE_EVERY = 86400.0
@@ -40,19 +53,110 @@ class RoundSummary:
         return sum(1 for p in self.polls if p.error)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other engines and in-memory databases."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+class InstanceLock:
+    """An exclusive lock beside a SQLite store, so a second relay refuses to start on it."""
+
+    def __init__(self, db: Path) -> None:
+        self.path = db.with_name(db.name + ".lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StoreError naming the store."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            msg = (
+                f"another aatrox-relay ({holder}) is already running on the store "
+                f"{self.path.with_suffix('')}; several relays need PostgreSQL"
+            )
+            raise StoreError(msg) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
 class Relay:
-    """One relay process. Use as ``async with Relay(config) as relay: await relay.run(stop)``."""
+    """One relay process. ``async with Relay(config) as relay: await relay.run(stop)``."""
 
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, jitter: Jitter | None = None
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        jitter: Jitter | None = None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.jitter = jitter
-        self.store: AsyncStore | None = None
-        self.api: AatroxClient | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.poller: Poller | None = None
+        self.events = events or Events()
+        self._lock: InstanceLock | None = None
+        self._store: AsyncStore | None = None
+        self._api: AatroxClient | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._poller: Poller | None = None
+        self._outbox: Outbox | None = None
+        self._leases: LeaseKeeper | None = None
+        self.scheduler: Scheduler | None = None
+
+    # The parts, once open.
+    @property
+    def store(self) -> AsyncStore:
+        """The store."""
+        assert self._store is not None, "Relay.open() first"
+        return self._store
+
+    @property
+    def api(self) -> AatroxClient:
+        """The Aatrox API client."""
+        assert self._api is not None, "Relay.open() first"
+        return self._api
+
+    @property
+    def poller(self) -> Poller:
+        """The poller."""
+        assert self._poller is not None, "Relay.open() first"
+        return self._poller
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The webhook lanes."""
+        assert self._dispatcher is not None, "Relay.open() first"
+        return self._dispatcher
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbound SMS worker."""
+        assert self._outbox is not None, "Relay.open() first"
+        return self._outbox
+
+    @property
+    def leases(self) -> LeaseKeeper:
+        """Which numbers this relay polls."""
+        assert self._leases is not None, "Relay.open() first"
+        return self._leases
 
     async def __aenter__(self) -> Relay:
         await self.open()
@@ -62,65 +166,180 @@ class Relay:
         await self.close()
 
     async def open(self) -> None:
-        """Open the store (migrating it), the API client and the webhooks."""
+        """Take the store (lock, migrate), the API client, the webhooks."""
+        config = self.config
+        db = sqlite_path(config.store.url)
+        if db is not None:
+            self._lock = InstanceLock(db)
+            self._lock.acquire()
         loop = asyncio.get_running_loop()
-        sync = await loop.run_in_executor(None, Store.open, self.config.store.url, self.clock)
-        self.store = AsyncStore(sync)
-        self.api = AatroxClient(self.config.api, max_connections=self.config.poll.concurrency + 4)
-        self.dispatcher = Dispatcher(self.store, self.config.webhooks, self.clock, self.jitter)
-        self.poller = Poller(
-            self.config, self.api, self.store, self.clock, on_queued=self.dispatcher.wake
+        sync = await loop.run_in_executor(
+            None, lambda: Store.open(config.store.url, self.clock, lease=config.store.lease)
         )
-        await self.poller.load()
+        self._store = AsyncStore(sync)
+        self._api = AatroxClient(config.api, max_connections=config.poll.concurrency + 4)
+        self._outbox = Outbox(self._store, self._api, self.clock, self.jitter)
+        self._dispatcher = Dispatcher(
+            self._store,
+            config.webhooks,
+            self.clock,
+            self.jitter,
+            disclaimer=self._disclaimer,
+            events=self.events,
+            on_reply=self._outbox.wake,
+        )
+        self._poller = Poller(
+            config,
+            self._api,
+            self._store,
+            self.clock,
+            on_queued=self._dispatcher.wake,
+            events=self.events,
+        )
+        self._leases = LeaseKeeper(self._store, [n.number for n in config.numbers])
+        await self._poller.load()
 
-    async def run(self, stop: asyncio.Event, *, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        """Poll and deliver until ``stop`` is set, then drain for up to ``shutdown_timeout``."""
-        assert self.poller is not None and self.dispatcher is not None
-        scheduler = Scheduler(self.poller, self.config.numbers, self.config.poll.jitter, self.clock)
+    def _disclaimer(self, number: str) -> bool:
+        return any(n.number == number and n.disclaimer for n in self.config.numbers)
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        reload: asyncio.Event | None = None,
+        on_started: asyncio.Event | None = None,
+    ) -> None:
+        """Poll and deliver until ``stop`` is set; re-read the config whenever ``reload`` is.
+
+        Then drain: no new polls, deliveries in flight get ``run.shutdown_timeout``,
+        leases and claims are handed back so another relay can take over at once.
+        """
+        await self.leases.round()
+        self.scheduler = Scheduler(
+            self.poller,
+            self.config.numbers,
+            self.config.poll.jitter,
+            self.clock,
+            holds=self.leases.holds,
+        )
+        self.leases.start()
         self.dispatcher.start()
-        scheduler.start()
-        pruner = asyncio.create_task(self._prune_daily())
+        outbox = asyncio.create_task(self.outbox.run(), name="outbox")
+        self.scheduler.start()
+        pruner = asyncio.create_task(self._prune_daily(), name="prune")
         log.info(
             "relay.started",
             extra=fields(
                 version=__version__,
                 numbers=len(self.config.numbers),
                 webhooks=len(self.config.webhooks),
+                relay_id=self.store.sync.relay_id,
             ),
         )
-        await stop.wait()
+        if on_started is not None:
+            on_started.set()
+        reload = reload or asyncio.Event()
+        while not stop.is_set():
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                await self.reload()
         log.info("relay.stopping")
+        timeout = self.config.run.shutdown_timeout
         pruner.cancel()
-        await scheduler.stop(shutdown_timeout)
-        cut = await self.dispatcher.stop(shutdown_timeout)
+        await self.scheduler.stop(timeout)
+        cut = await self.dispatcher.stop(timeout)
+        cut += await self.outbox.drain(timeout)
+        outbox.cancel()
+        await asyncio.gather(outbox, pruner, return_exceptions=True)
+        await self.leases.stop()
         log.info("relay.stopped", extra=fields(cut_off=cut))
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it in place; a broken one is refused.
+
+        Numbers and webhooks added, removed or changed take effect at once; queued
+        deliveries are kept; the token is read again. ``store.url`` and ``[http]``
+        need a restart.
+        """
+        from relay.config import load
+
+        path = self.config.path
+        if path is None:
+            log.error("relay.reload.refused", extra=fields(error="the config has no file"))
+            return False
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(None, load, path)
+        except ConfigError as exc:
+            log.error("relay.reload.refused", extra=fields(error=str(exc)))
+            return False
+        for key, before, after in (
+            ("store.url", self.config.store.url, new.store.url),
+            ("http", self.config.http, new.http),
+        ):
+            if before != after:
+                log.warning("relay.reload.needs_restart", extra=fields(key=key))
+        old = self.config
+        self.config = new
+        logs.setup(new.log.level, new.log.format, pii=new.log.pii)
+        self.api.set_token(new.api.token)
+        self.poller.update(new)
+        await self.poller.load()
+        self.leases.set_numbers([n.number for n in new.numbers])
+        await self.leases.round()
+        if self.scheduler is not None:
+            self.scheduler.update(new.numbers, new.poll.jitter)
+        await self.dispatcher.reconfigure(new.webhooks, self._disclaimer, new.run.shutdown_timeout)
+        log.info(
+            "relay.reloaded",
+            extra=fields(
+                numbers=len(new.numbers),
+                webhooks=len(new.webhooks),
+                numbers_added=len(
+                    {n.number for n in new.numbers} - {n.number for n in old.numbers}
+                ),
+                numbers_removed=len(
+                    {n.number for n in old.numbers} - {n.number for n in new.numbers}
+                ),
+            ),
+        )
+        return True
 
     async def _prune_daily(self) -> None:
         """Apply store.retention soon after start, then once a day."""
-        assert self.store is not None
         await asyncio.sleep(PRUNE_FIRST)
         while True:
             try:
                 pruned = await self.store.call(self.store.sync.prune, self.config.store.retention)
             except RelayError as exc:
                 log.error("relay.prune.failed", extra=fields(error=str(exc)))
+                self.events.store_failed(str(exc))
             else:
                 log.info("relay.prune.done", extra=fields(messages=pruned))
             await asyncio.sleep(PRUNE_EVERY)
 
     async def poll_once(self) -> RoundSummary:
-        """Poll every number once, then send every delivery due (for cron and scripts)."""
-        assert self.poller is not None and self.dispatcher is not None and self.store
-        polls = await asyncio.gather(*(self.poller.poll(n.number) for n in self.config.numbers))
+        """Poll every number no running relay holds, once; send what is due; hand back."""
+        await self.leases.round()
+        numbers = [n.number for n in self.config.numbers if self.leases.holds(n.number)]
+        polls = await asyncio.gather(*(self.poller.poll(n) for n in numbers))
         await self.dispatcher.run_once()
+        await self.outbox.fill()
+        await self.outbox.settle(self.config.api.timeout + 5.0)
+        await self.leases.stop()
         counts = await self.store.call(self.store.sync.counts)
         return RoundSummary(tuple(polls), counts)
 
     async def close(self) -> None:
-        """Release connections and the store."""
-        if self.dispatcher is not None:
-            await self.dispatcher.aclose()
-        if self.api is not None:
-            await self.api.aclose()
-        if self.store is not None:
-            self.store.close()
+        """Release connections, the store and the lock."""
+        if self._dispatcher is not None:
+            await self._dispatcher.aclose()
+        if self._api is not None:
+            await self._api.aclose()
+        if self._store is not None:
+            self._store.close()
+        if self._lock is not None:
+            self._lock.release()

@@ -25,6 +25,7 @@ from relay.config import (
     Config,
     NumberConfig,
     PollConfig,
+    RunConfig,
     StoreConfig,
     TokenSource,
     WebhookConfig,
@@ -57,6 +58,7 @@ def _config(api_url: str, token: str, hook_url: str, secret: bytes, store: Path)
         store=StoreConfig(url=f"sqlite:///{store}"),
         poll=PollConfig(interval=1.0, jitter=0.2, backfill=Backfill("all")),
         numbers=tuple(NumberConfig(n, ("demo",), 1.0) for n in NUMBERS),
+        run=RunConfig(shutdown_timeout=2.0),
         webhooks=(
             WebhookConfig("demo", hook_url, secret, timeout=5.0, retry_initial=1.0, retry_max=10.0),
         ),
@@ -100,7 +102,7 @@ async def demo(seconds: float | None) -> int:
             print("Ctrl-C to stop." if seconds is None else f"running for {seconds:g}s.")
             stop = asyncio.Event()
             async with Relay(config) as relay:
-                runner = asyncio.create_task(relay.run(stop, shutdown_timeout=2.0))
+                runner = asyncio.create_task(relay.run(stop))
                 rng = random.Random()
                 deadline = None if seconds is None else time.monotonic() + seconds
                 try:

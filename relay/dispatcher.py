@@ -14,24 +14,23 @@ costs a handful of commits, not one per message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from relay.clock import Clock
 from relay.config import WebhookConfig
 from relay.errors import StoreError
+from relay.events import Events
 from relay.logs import fields
+from relay.outbox import reply_text
 from relay.retry import Backoff, Jitter
-from relay.store import DEAD, DELIVERED, PENDING, AsyncStore, DueDelivery, Outcome
+from relay.schema import DEAD, DELIVERED, PENDING
+from relay.store import AsyncStore, DueDelivery, Outcome, Reply
 from relay.webhook import Answer, Webhook
+from relay.worker import Worker
 
 log = logging.getLogger("relay.dispatcher")
-
-#: A lane with nothing due looks at the store again after this long anyway.
-IDLE_RECHECK = 30.0
-#: After a store error a lane waits this long before trying again.
-STORE_ERROR_PAUSE = 1.0
 
 
 class _OutcomeWriter:
@@ -65,8 +64,10 @@ class _OutcomeWriter:
                         future.set_result(None)
 
 
-class Lane:
+class Lane(Worker[DueDelivery]):
     """Deliveries to one webhook."""
+
+    name = "delivery"
 
     def __init__(
         self,
@@ -75,114 +76,65 @@ class Lane:
         writer: _OutcomeWriter,
         clock: Clock,
         jitter: Jitter | None,
+        disclaimer: Callable[[str], bool] = lambda _number: False,
+        events: Events | None = None,
+        on_reply: Callable[[], None] = lambda: None,
     ) -> None:
+        super().__init__(clock, webhook.config.concurrency)
+        self.events = events or Events()
+        self.on_reply = on_reply
         self.webhook = webhook
         self.config: WebhookConfig = webhook.config
         self.backoff = Backoff(
             self.config.retry_initial, self.config.retry_max, self.config.give_up_after
         )
+        #: Whether replies from a number go through /send/disclaimer.
+        self.disclaimer = disclaimer
         self._store = store
         self._writer = writer
-        self._clock = clock
         self._jitter = jitter
-        self._inflight: dict[int, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
-        self._stopping = False
 
-    @property
-    def in_flight(self) -> int:
-        """Requests to this webhook under way now."""
-        return len(self._inflight)
+    async def claim(self, limit: int) -> list[DueDelivery]:
+        """Claim due deliveries to this webhook."""
+        return await self._store.call(self._store.sync.claim, self.config.name, limit)
 
-    def wake(self) -> None:
-        """Look for due deliveries now."""
-        self._wake.set()
+    async def next_due(self) -> datetime | None:
+        """When this webhook's next delivery falls due."""
+        return await self._store.call(self._store.sync.next_due, self.config.name)
 
-    async def fill(self) -> int:
-        """Start as many due deliveries as there are free slots; how many started."""
-        free = self.config.concurrency - len(self._inflight)
-        if free <= 0:
-            return 0
-        due = await self._store.call(
-            self._store.sync.due, self.config.name, free, list(self._inflight)
-        )
-        for delivery in due:
-            task = asyncio.create_task(self._deliver(delivery))
-            self._inflight[delivery.id] = task
-        return len(due)
-
-    async def run(self) -> None:
-        """Deliver until :meth:`drain`."""
-        while not self._stopping:
-            self._wake.clear()
-            wait: float | None
-            try:
-                await self.fill()
-                # All slots busy: a finishing request wakes us. Otherwise nothing more is
-                # due now, so sleep until the next retry falls due or the poller wakes us.
-                full = len(self._inflight) >= self.config.concurrency
-                wait = None if full else await self._until_next_due()
-            except StoreError as exc:
-                log.error(
-                    "relay.delivery.store_error",
-                    extra=fields(webhook=self.config.name, error=str(exc)),
-                )
-                wait = STORE_ERROR_PAUSE
-            if wait is not None and wait <= 0:
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-
-    async def _until_next_due(self) -> float:
-        """Seconds until the next pending delivery not in flight falls due, at most IDLE_RECHECK."""
-        nxt = await self._store.call(
-            self._store.sync.next_due, self.config.name, list(self._inflight)
-        )
-        if nxt is None:
-            return IDLE_RECHECK
-        return min((nxt - self._clock.now()).total_seconds(), IDLE_RECHECK)
-
-    async def settle(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for the requests in flight; cancel the rest. How many were cut."""
-        tasks = list(self._inflight.values())
-        if not tasks:
-            return 0
-        _done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        return len(pending)
-
-    async def drain(self, timeout: float) -> int:
-        """Start no more deliveries, then :meth:`settle`."""
-        self._stopping = True
-        self._wake.set()
-        return await self.settle(timeout)
+    async def process(self, item: DueDelivery) -> None:
+        """Send one delivery and record what came of it."""
+        await self._deliver(item)
 
     async def _deliver(self, delivery: DueDelivery) -> None:
+        answer = await self.webhook.send(delivery)
+        outcome = self._outcome(delivery, answer)
         try:
-            answer = await self.webhook.send(delivery)
-            outcome = self._outcome(delivery, answer)
-            try:
-                await self._writer.save(outcome)
-            except StoreError as exc:
-                # The delivery stays pending in the store and is sent again (same webhook-id).
-                log.error(
-                    "relay.delivery.unrecorded",
-                    extra=fields(
-                        webhook=self.config.name, webhook_id=delivery.webhook_id, error=str(exc)
-                    ),
-                )
-                return
-            self._log(delivery, outcome)
-        finally:
-            self._inflight.pop(delivery.id, None)
-            self._wake.set()
+            await self._writer.save(outcome)
+        except StoreError as exc:
+            # The delivery stays pending in the store and is sent again (same webhook-id).
+            log.error(
+                "relay.delivery.unrecorded",
+                extra=fields(
+                    webhook=self.config.name, webhook_id=delivery.webhook_id, error=str(exc)
+                ),
+            )
+            self.events.store_failed(str(exc))
+            return
+        self._log(delivery, outcome)
+        if outcome.reply is not None:
+            self.on_reply()
 
     def _outcome(self, delivery: DueDelivery, answer: Answer) -> Outcome:
-        now = self._clock.now()
+        now = self.clock.now()
         if answer.ok:
-            return Outcome(delivery.id, now, DELIVERED, status=answer.status)
+            return Outcome(
+                delivery.id,
+                now,
+                DELIVERED,
+                status=answer.status,
+                reply=self._reply(delivery, answer),
+            )
         attempt = delivery.attempts + 1
         nxt = None
         if not answer.final:
@@ -197,6 +149,22 @@ class Lane:
             return Outcome(delivery.id, now, DEAD, None, answer.status, answer.error)
         return Outcome(delivery.id, now, PENDING, nxt, answer.status, answer.error)
 
+    def _reply(self, delivery: DueDelivery, answer: Answer) -> Reply | None:
+        """The reply a 2xx answer asks for, if any; a malformed one is logged and ignored."""
+        try:
+            text = reply_text(answer.body)
+        except ValueError as exc:
+            log.warning(
+                "relay.reply.ignored",
+                extra=fields(
+                    webhook=self.config.name, webhook_id=delivery.webhook_id, reason=str(exc)
+                ),
+            )
+            return None
+        if text is None:
+            return None
+        return Reply(delivery.number, delivery.sender, text, self.disclaimer(delivery.number))
+
     def _log(self, delivery: DueDelivery, outcome: Outcome) -> None:
         base = {
             "webhook": self.config.name,
@@ -209,7 +177,12 @@ class Lane:
                 "relay.delivery.delivered",
                 extra=fields(**base, status=outcome.status, latency=f"{latency:.3f}s"),
             )
-        elif outcome.state == DEAD:
+            self.events.delivered(self.config.name, latency)
+            return
+        self.events.delivery_failed(
+            self.config.name, outcome.error or "", dead=outcome.state == DEAD
+        )
+        if outcome.state == DEAD:
             log.error("relay.delivery.dead", extra=fields(**base, error=outcome.error))
         else:
             assert outcome.next_attempt_at is not None
@@ -230,14 +203,32 @@ class Dispatcher:
         webhooks: Sequence[WebhookConfig],
         clock: Clock,
         jitter: Jitter | None = None,
+        disclaimer: Callable[[str], bool] = lambda _number: False,
+        events: Events | None = None,
+        on_reply: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._writer = _OutcomeWriter(store)
-        self.lanes = {
-            hook.name: Lane(Webhook(hook, clock), store, self._writer, clock, jitter)
-            for hook in webhooks
-        }
-        self._tasks: list[asyncio.Task[None]] = []
+        self._clock = clock
+        self._jitter = jitter
+        self._disclaimer = disclaimer
+        self._events = events or Events()
+        self._on_reply = on_reply
+        self.lanes = {hook.name: self._lane(hook) for hook in webhooks}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
+
+    def _lane(self, hook: WebhookConfig) -> Lane:
+        return Lane(
+            Webhook(hook, self._clock),
+            self._store,
+            self._writer,
+            self._clock,
+            self._jitter,
+            self._disclaimer,
+            self._events,
+            self._on_reply,
+        )
 
     def wake(self) -> None:
         """New deliveries were queued: every lane looks now."""
@@ -246,10 +237,42 @@ class Dispatcher:
 
     def start(self) -> None:
         """Run every lane in the background."""
-        self._tasks = [
-            asyncio.create_task(lane.run(), name=f"lane-{name}")
-            for name, lane in self.lanes.items()
-        ]
+        self._running = True
+        for name, lane in self.lanes.items():
+            self._tasks[name] = asyncio.create_task(lane.run(), name=f"lane-{name}")
+
+    async def reconfigure(
+        self, webhooks: Sequence[WebhookConfig], disclaimer: Callable[[str], bool], timeout: float
+    ) -> None:
+        """Apply a reloaded config: new lanes start, removed or changed ones finish and go.
+
+        Deliveries queued for a removed webhook stay in the store, pending.
+        """
+        self._disclaimer = disclaimer
+        wanted = {hook.name: hook for hook in webhooks}
+        for name in list(self.lanes):
+            if wanted.get(name) != self.lanes[name].config:
+                await self._retire(name, timeout)
+        for name, hook in wanted.items():
+            if name not in self.lanes:
+                self.lanes[name] = self._lane(hook)
+                if self._running:
+                    self._tasks[name] = asyncio.create_task(
+                        self.lanes[name].run(), name=f"lane-{name}"
+                    )
+        for lane in self.lanes.values():
+            lane.disclaimer = disclaimer
+        self.wake()
+
+    async def _retire(self, name: str, timeout: float) -> int:
+        lane = self.lanes.pop(name)
+        cut = await lane.drain(timeout)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await lane.webhook.aclose()
+        return cut
 
     async def run_once(self) -> None:
         """Send everything due now, once, and wait for the answers (for ``poll-once``)."""
@@ -260,11 +283,12 @@ class Dispatcher:
 
     async def stop(self, timeout: float) -> int:
         """Stop the lanes, letting requests in flight finish for up to ``timeout`` seconds."""
+        self._running = False
         results = await asyncio.gather(*(lane.drain(timeout) for lane in self.lanes.values()))
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks = {}
         return sum(results)
 
     async def aclose(self) -> None:

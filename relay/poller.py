@@ -25,7 +25,15 @@ from datetime import datetime, timedelta
 from relay.api import AatroxClient
 from relay.clock import Clock
 from relay.config import Config, NumberConfig
-from relay.errors import ApiError, ApiRateLimited, RelayError
+from relay.errors import (
+    ApiError,
+    ApiRateLimited,
+    ApiUnauthorized,
+    ConfigError,
+    RelayError,
+    StoreError,
+)
+from relay.events import Events
 from relay.inbound import InboundMessage
 from relay.logs import fields
 from relay.logs import number as shown
@@ -51,6 +59,7 @@ class NumberState:
     last_poll: datetime | None = None
     last_success: datetime | None = None
     last_error: str | None = None
+    last_success_monotonic: float | None = None
     baselined: bool = False
     seen: dict[str, None] = field(default_factory=dict)
 
@@ -88,14 +97,26 @@ class Poller:
         store: AsyncStore,
         clock: Clock,
         on_queued: Callable[[], None] = lambda: None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.api = api
         self.store = store
         self.clock = clock
         self.on_queued = on_queued
+        self.events = events or Events()
         self.states = {n.number: NumberState(n) for n in config.numbers}
         self._slots = asyncio.Semaphore(config.poll.concurrency)
+
+    def update(self, config: Config) -> None:
+        """Apply a reloaded config: numbers come and go; a kept number keeps its memory."""
+        states = {}
+        for number in config.numbers:
+            state = self.states.get(number.number) or NumberState(number)
+            state.config = number
+            states[number.number] = state
+        self.states = states
+        self.config = config
 
     async def load(self) -> None:
         """Learn which numbers already had their first poll (backfill applies once)."""
@@ -105,7 +126,8 @@ class Poller:
 
     def due(self, number: str) -> bool:
         """Whether ``number`` is not backing off after failures."""
-        return self.clock.monotonic() >= self.states[number].resume_at
+        state = self.states.get(number)
+        return state is not None and self.clock.monotonic() >= state.resume_at
 
     async def poll(self, number: str) -> PollResult:
         """Poll ``number`` once, bounded in time and in polls in flight. Never raises."""
@@ -119,13 +141,32 @@ class Poller:
         try:
             result = await asyncio.wait_for(self._poll(state), budget)
         except asyncio.TimeoutError:
-            result = await self._failed(state, f"poll took longer than {budget:g}s", None)
+            result = await self._failed(state, f"poll took longer than {budget:g}s")
+        except ApiUnauthorized as exc:
+            self._reread_token()
+            result = await self._failed(state, str(exc), unauthorized=True)
+        except ApiRateLimited as exc:
+            result = await self._failed(state, str(exc), retry_after=exc.retry_after)
+        except StoreError as exc:
+            self.events.store_failed(str(exc))
+            result = await self._failed(state, str(exc))
         except RelayError as exc:
-            retry_after = exc.retry_after if isinstance(exc, ApiRateLimited) else None
-            result = await self._failed(state, str(exc), retry_after)
+            result = await self._failed(state, str(exc))
         finally:
             self._slots.release()
         return result
+
+    def _reread_token(self) -> None:
+        """After a 401, read the token again from its file or credential: rotating it is
+        writing the new one there. The next poll uses it."""
+        source = self.config.api.token_source
+        try:
+            token = source.read()
+        except ConfigError as exc:
+            log.error("relay.token.unreadable", extra=fields(error=str(exc)))
+            return
+        if self.api.set_token(token):
+            log.info("relay.token.reloaded", extra=fields(source=source.describe()))
 
     def _budget(self) -> float:
         """The most one poll may take: a listing, details, and the store."""
@@ -143,7 +184,7 @@ class Poller:
         complete = await self._complete(cfg.number, fresh)
         if not complete and state.baselined:
             # The common case: nothing new. No write, so idle polls stay cheap.
-            self._succeeded(state)
+            self._succeeded(state, 0)
             return PollResult(cfg.number, len(listing.messages), skipped=len(listing.skipped))
         targets = self._targets(state)
         recorded = await self.store.call(self.store.sync.record, cfg.number, complete, targets)
@@ -151,7 +192,7 @@ class Poller:
         state.remember([m.id for m in complete], self._cache_limit(len(listing.messages)))
         if recorded.deliveries:
             self.on_queued()
-        self._succeeded(state)
+        self._succeeded(state, recorded.messages)
         if recorded.messages:
             log.info(
                 "relay.poll.recorded",
@@ -228,7 +269,7 @@ class Poller:
     def _cache_limit(self, listed: int) -> int:
         return max(SEEN_CACHE_MIN, 2 * listed)
 
-    def _succeeded(self, state: NumberState) -> None:
+    def _succeeded(self, state: NumberState, new: int) -> None:
         if state.failures:
             log.info(
                 "relay.poll.recovered",
@@ -237,10 +278,17 @@ class Poller:
         state.failures = 0
         state.resume_at = 0.0
         state.last_success = self.clock.now()
+        state.last_success_monotonic = self.clock.monotonic()
         state.last_error = None
+        self.events.poll_succeeded(state.config.number, new)
 
     async def _failed(
-        self, state: NumberState, error: str, retry_after: float | None
+        self,
+        state: NumberState,
+        error: str,
+        *,
+        retry_after: float | None = None,
+        unauthorized: bool = False,
     ) -> PollResult:
         """Back off: the number is skipped until its delay has passed."""
         state.failures += 1
@@ -260,6 +308,7 @@ class Poller:
                 retry_in=f"{delay:g}s",
             ),
         )
+        self.events.poll_failed(state.config.number, error, unauthorized=unauthorized)
         try:
             await self.store.call(self.store.sync.record_failure, state.config.number, error)
         except RelayError as exc:

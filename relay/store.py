@@ -15,108 +15,71 @@ which runs them on one worker thread so the event loop never blocks on I/O.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import json
+import os
+import secrets
+import socket
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Engine
 
 from relay.clock import Clock
 from relay.errors import StoreError
 from relay.inbound import InboundMessage
+from relay.schema import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    DeliveryState,
+    UtcDateTime,
+    deliveries,
+    messages,
+    numbers,
+    outbound,
+)
 
 #: At most this many ids go into one ``IN (...)`` lookup.
 LOOKUP_CHUNK = 500
 #: How long a store call may take before the caller gives up on it.
 STORE_TIMEOUT = 30.0
 
-DeliveryState = Literal["pending", "delivered", "dead"]
-PENDING: Final = "pending"
-DELIVERED: Final = "delivered"
-DEAD: Final = "dead"
+#: Default for how long a claim on a delivery lasts unless renewed (store.lease).
+DEFAULT_LEASE = 15.0
 
 T = TypeVar("T")
 
 
-class UtcDateTime(sa.TypeDecorator[datetime]):
-    """Timezone-aware datetimes in, timezone-aware UTC datetimes out, on every engine."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Store UTC; SQLite keeps no zone, so it gets the naive UTC time."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            msg = "naive datetime given to the store"
-            raise ValueError(msg)
-        value = value.astimezone(timezone.utc)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Read back as aware UTC."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+def new_relay_id() -> str:
+    """A name for this relay process: host, pid and a random part."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-metadata = sa.MetaData()
-
-messages = sa.Table(
-    "messages",
-    metadata,
-    sa.Column("id", _ID, primary_key=True),
-    sa.Column("number", sa.String(32), nullable=False),
-    sa.Column("provider_id", sa.String(128), nullable=False),
-    sa.Column("sender", sa.String(32), nullable=False),
-    sa.Column("recipient", sa.String(32), nullable=False),
-    sa.Column("text", sa.Text(), nullable=False),
-    sa.Column("received_at", UtcDateTime(), nullable=False),
-    sa.Column("seen_at", UtcDateTime(), nullable=False),
-    sa.UniqueConstraint("number", "provider_id", name="uq_messages_number_provider_id"),
-)
-
-numbers = sa.Table(
-    "numbers",
-    metadata,
-    sa.Column("number", sa.String(32), primary_key=True),
-    sa.Column("first_polled_at", UtcDateTime(), nullable=False),
-    sa.Column("last_poll_at", UtcDateTime()),
-    sa.Column("last_success_at", UtcDateTime()),
-    sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("last_error", sa.Text()),
-)
-
-deliveries = sa.Table(
-    "deliveries",
-    metadata,
-    sa.Column("id", _ID, primary_key=True),
-    sa.Column("message_id", _ID, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("webhook", sa.String(64), nullable=False),
-    sa.Column("webhook_id", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("queued_at", UtcDateTime(), nullable=False),
-    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
-    sa.Column("last_attempt_at", UtcDateTime()),
-    sa.Column("delivered_at", UtcDateTime()),
-    sa.Column("last_status", sa.Integer()),
-    sa.Column("last_error", sa.Text()),
-    sa.UniqueConstraint("message_id", "webhook", name="uq_deliveries_message_webhook"),
-)
+def _due_columns() -> sa.Select[Any]:
+    return sa.select(
+        deliveries.c.id,
+        deliveries.c.webhook,
+        deliveries.c.webhook_id,
+        deliveries.c.attempts,
+        deliveries.c.queued_at,
+        messages.c.number,
+        messages.c.provider_id,
+        messages.c.sender,
+        messages.c.recipient,
+        messages.c.text,
+        messages.c.received_at,
+    ).join(messages, messages.c.id == deliveries.c.message_id)
 
 
 def webhook_id(number: str, provider_id: str, webhook: str) -> str:
@@ -155,6 +118,16 @@ class DueDelivery:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """An SMS a webhook asked to send back, queued with its delivery's outcome."""
+
+    sender: str
+    recipient: str
+    text: str
+    disclaimer: bool = False
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The result of one delivery attempt, to be written back."""
 
@@ -164,6 +137,7 @@ class Outcome:
     next_attempt_at: datetime | None = None
     status: int | None = None
     error: str | None = None
+    reply: Reply | None = None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -190,21 +164,41 @@ def create_engine(url: str) -> Engine:
 class Store:
     """Synchronous access to the store. One instance per process."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        *,
+        relay_id: str | None = None,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        #: Who this relay is in claims and leases.
+        self.relay_id = relay_id or new_relay_id()
+        #: How long a claim lasts unless renewed.
+        self.lease = lease
         dialect = engine.dialect.name
         if dialect not in ("sqlite", "postgresql"):
             msg = f"store.url: unsupported database {dialect!r} (use sqlite or postgresql)"
             raise StoreError(msg)
-        self._insert: Callable[[sa.Table], Any] = (
+        #: ``insert()`` of this dialect, with ``on_conflict_do_*``.
+        self.insert: Callable[[sa.Table], Any] = (
             sqlite_insert if dialect == "sqlite" else postgresql_insert
         )
 
     @classmethod
-    def open(cls, url: str, clock: Clock, *, migrate: bool = True) -> Store:
+    def open(
+        cls,
+        url: str,
+        clock: Clock,
+        *,
+        migrate: bool = True,
+        relay_id: str | None = None,
+        lease: float = DEFAULT_LEASE,
+    ) -> Store:
         """Connect to ``url`` and bring its schema up to date."""
-        store = cls(create_engine(url), clock)
+        store = cls(create_engine(url), clock, relay_id=relay_id, lease=lease)
         if migrate:
             store.migrate()
         return store
@@ -261,7 +255,7 @@ class Store:
         now = self.clock.now()
         with self.engine.begin() as conn:
             conn.execute(
-                self._insert(numbers)
+                self.insert(numbers)
                 .values(number=number, first_polled_at=now, last_poll_at=now, last_success_at=now)
                 .on_conflict_do_update(
                     index_elements=[numbers.c.number],
@@ -283,7 +277,7 @@ class Store:
                 for m in new
             ]
             stmt = (
-                self._insert(messages)
+                self.insert(messages)
                 .on_conflict_do_nothing(index_elements=[messages.c.number, messages.c.provider_id])
                 .returning(messages.c.id, messages.c.provider_id)
             )
@@ -322,52 +316,71 @@ class Store:
 
     # --- delivering ---------------------------------------------------------
 
-    def due(self, webhook: str, limit: int, exclude: Iterable[int] = ()) -> list[DueDelivery]:
-        """Up to ``limit`` pending deliveries to ``webhook`` that are due now, oldest first."""
+    def claim(self, webhook: str, limit: int) -> list[DueDelivery]:
+        """Claim up to ``limit`` due deliveries to ``webhook`` for this relay, oldest first.
+
+        A claim lasts ``lease`` seconds unless renewed; while it lasts no other
+        relay takes the delivery (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+        """
         now = self.clock.now()
-        query = (
-            sa.select(
-                deliveries.c.id,
-                deliveries.c.webhook,
-                deliveries.c.webhook_id,
-                deliveries.c.attempts,
-                deliveries.c.queued_at,
-                messages.c.number,
-                messages.c.provider_id,
-                messages.c.sender,
-                messages.c.recipient,
-                messages.c.text,
-                messages.c.received_at,
-            )
-            .join(messages, messages.c.id == deliveries.c.message_id)
+        free = (
+            sa.select(deliveries.c.id)
             .where(
                 deliveries.c.webhook == webhook,
                 deliveries.c.state == PENDING,
                 deliveries.c.next_attempt_at <= now,
+                sa.or_(
+                    deliveries.c.claim_expires_at.is_(None), deliveries.c.claim_expires_at < now
+                ),
             )
             .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
-        skip = list(exclude)
-        if skip:
-            query = query.where(deliveries.c.id.not_in(skip))
-        with self.engine.connect() as conn:
-            return [DueDelivery(*row) for row in conn.execute(query)]
+        claim = (
+            deliveries.update()
+            .where(deliveries.c.id.in_(free.scalar_subquery()))
+            .values(claimed_by=self.relay_id, claim_expires_at=now + timedelta(seconds=self.lease))
+            .returning(deliveries.c.id)
+        )
+        with self.engine.begin() as conn:
+            ids = list(conn.scalars(claim))
+            if not ids:
+                return []
+            rows = conn.execute(
+                _due_columns()
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            )
+            return [DueDelivery(*row) for row in rows]
 
-    def next_due(self, webhook: str, exclude: Iterable[int] = ()) -> datetime | None:
-        """When the earliest pending delivery to ``webhook`` falls due; None if none is pending."""
-        query = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
-            deliveries.c.webhook == webhook, deliveries.c.state == PENDING
+    def next_due(self, webhook: str) -> datetime | None:
+        """When the next pending delivery to ``webhook`` that this relay is not already
+        sending can be claimed (its retry time, or when another relay's claim runs out)."""
+        available_at = sa.case(
+            (
+                deliveries.c.claim_expires_at > deliveries.c.next_attempt_at,
+                deliveries.c.claim_expires_at,
+            ),
+            else_=deliveries.c.next_attempt_at,
         )
-        skip = list(exclude)
-        if skip:
-            query = query.where(deliveries.c.id.not_in(skip))
+        query = sa.select(sa.func.min(available_at)).where(
+            deliveries.c.webhook == webhook,
+            deliveries.c.state == PENDING,
+            sa.or_(deliveries.c.claimed_by.is_(None), deliveries.c.claimed_by != self.relay_id),
+        )
         with self.engine.connect() as conn:
             value = conn.execute(query).scalar_one_or_none()
+        if isinstance(value, str):  # SQLite loses the type through CASE
+            value = datetime.fromisoformat(value)
         return UtcDateTime().process_result_value(value, self.engine.dialect)
 
     def save_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Write back a batch of attempt results in one transaction."""
+        """Write back a batch of attempt results in one transaction, releasing their claims.
+
+        A reply that came with a 2xx is queued in the same transaction, at most
+        once per delivery: a repeated delivery's reply is ignored.
+        """
         if not outcomes:
             return
         with self.engine.begin() as conn:
@@ -378,6 +391,8 @@ class Store:
                     "last_attempt_at": o.attempted_at,
                     "last_status": o.status,
                     "last_error": o.error,
+                    "claimed_by": None,
+                    "claim_expires_at": None,
                 }
                 if o.state == DELIVERED:
                     values["delivered_at"] = o.attempted_at
@@ -386,6 +401,37 @@ class Store:
                 conn.execute(
                     deliveries.update().where(deliveries.c.id == o.delivery_id).values(**values)
                 )
+                if o.reply is not None:
+                    conn.execute(
+                        self.insert(outbound)
+                        .values(
+                            kind="reply",
+                            delivery_id=o.delivery_id,
+                            sender=o.reply.sender,
+                            recipients=json.dumps([o.reply.recipient]),
+                            text=o.reply.text,
+                            disclaimer=o.reply.disclaimer,
+                            state=PENDING,
+                            queued_at=o.attempted_at,
+                            next_attempt_at=o.attempted_at,
+                        )
+                        .on_conflict_do_nothing(index_elements=[outbound.c.delivery_id])
+                    )
+
+    def release_claims(self) -> int:
+        """Give up this relay's claims (at shutdown), so the work is due again at once."""
+        with self.engine.begin() as conn:
+            cut = conn.execute(
+                deliveries.update()
+                .where(deliveries.c.claimed_by == self.relay_id)
+                .values(claimed_by=None, claim_expires_at=None)
+            ).rowcount
+            cut += conn.execute(
+                outbound.update()
+                .where(outbound.c.claimed_by == self.relay_id)
+                .values(claimed_by=None, claim_expires_at=None)
+            ).rowcount
+        return int(cut or 0)
 
     def counts(self) -> dict[str, int]:
         """Deliveries by state, for status lines and tests."""
@@ -429,10 +475,10 @@ class AsyncStore:
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store")
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the store thread; StoreError when it fails or takes too long."""
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the store thread; StoreError when it fails or is slow."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, fn, *args)
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         try:
             return await asyncio.wait_for(future, self.timeout)
         except asyncio.TimeoutError:

@@ -11,6 +11,7 @@ from relay.config import (
     Config,
     NumberConfig,
     PollConfig,
+    RunConfig,
     StoreConfig,
     TokenSource,
     WebhookConfig,
@@ -43,6 +44,7 @@ def relay_config(
         store=StoreConfig(url=store_url, retention=retention),
         poll=PollConfig(interval=interval, jitter=0.0, backfill=backfill or Backfill("all")),
         numbers=tuple(NumberConfig(n, ("hook",), interval) for n in numbers),
+        run=RunConfig(shutdown_timeout=2.0),
         webhooks=(
             WebhookConfig(
                 "hook", hook_url, KEY, timeout=2.0, retry_initial=retry_initial, retry_max=retry_max

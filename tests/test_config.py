@@ -14,9 +14,12 @@ from relay.config import (
     ApiConfig,
     Backfill,
     Config,
+    HttpConfig,
     LogConfig,
     NumberConfig,
     PollConfig,
+    RunConfig,
+    SentryConfig,
     StoreConfig,
     TokenSource,
     WebhookConfig,
@@ -34,8 +37,13 @@ HEADER_SECRET = "hdr-value-do-not-leak"
 DB_PASSWORD = "dbpassw0rd-do-not-leak"
 BAD_SECRET = "whsec_not-base64-do-not-leak!"
 SHORT_SECRET = "whsec_" + base64.b64encode(b"short-dnl").decode()
+SEND_TOKEN = "send-token-do-not-leak"
+SHORT_SEND_TOKEN = "short-dnl"
+DSN_KEY = "dsnkey-do-not-leak"
+DSN = f"https://{DSN_KEY}@o1.ingest.sentry.io/42"
 #: Values that must never appear in an error message.
 SECRETS = [TOKEN, SECRET, HEADER_SECRET, DB_PASSWORD, BAD_SECRET, SHORT_SECRET]
+SECRETS += [SEND_TOKEN, SHORT_SEND_TOKEN, DSN_KEY]
 SECRETS += [secret.removeprefix("whsec_") for secret in (SECRET, SHORT_SECRET)]
 
 API = f'[api]\ntoken = "{TOKEN}"\n'
@@ -72,6 +80,7 @@ allow_insecure_http = true
 [store]
 url = "postgresql://relay@db/relay"
 retention = "7d"
+lease = "30s"
 
 [poll]
 interval = "30s"
@@ -84,6 +93,7 @@ number = "021 123 4567"
 webhooks = ["crm"]
 from = "+61411111111"
 interval = "5s"
+disclaimer = true
 
 [[numbers]]
 number = "+61400000002"
@@ -108,6 +118,20 @@ secret_file = "hook.secret"
 level = "DEBUG"
 format = "json"
 pii = true
+
+[http]
+listen = "[::1]:0"
+send_token = "{SEND_TOKEN}"
+
+[sentry]
+dsn = "{DSN}"
+environment = "staging"
+release = "relay@9.9.9"
+traces_sample_rate = 0.25
+monitor = true
+
+[run]
+shutdown_timeout = "1m"
 """
 
 
@@ -131,12 +155,16 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
         ca_bundle=tmp_path / "ca.pem",
         allow_insecure_http=True,
     )
-    assert config.store == StoreConfig("postgresql://relay@db/relay", retention=7 * 86400.0)
+    assert config.store == StoreConfig(
+        "postgresql://relay@db/relay", retention=7 * 86400.0, lease=30.0
+    )
     assert config.poll == PollConfig(
         interval=30.0, jitter=0.5, backfill=Backfill("window", 86400.0), concurrency=4
     )
     assert config.numbers == (
-        NumberConfig("+64211234567", ("crm",), interval=5.0, sender="+61411111111"),
+        NumberConfig(
+            "+64211234567", ("crm",), interval=5.0, sender="+61411111111", disclaimer=True
+        ),
         NumberConfig("+61400000002", ("crm", "audit.log-2"), interval=30.0),
     )
     assert config.webhooks == (
@@ -155,6 +183,11 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
     )
     assert config.webhook("audit.log-2") is config.webhooks[1]
     assert config.log == LogConfig(level="debug", format="json", pii=True)
+    assert config.http == HttpConfig("::1", 0, send_token=SEND_TOKEN)
+    assert config.sentry == SentryConfig(
+        DSN, environment="staging", release="relay@9.9.9", traces_sample_rate=0.25, monitor=True
+    )
+    assert config.run == RunConfig(shutdown_timeout=60.0)
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -169,6 +202,82 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.numbers == ()
     assert config.webhooks == ()
     assert config.log == LogConfig()
+    assert config.store.lease == 15.0
+    assert config.http is None
+    assert config.sentry is None
+    assert config.run == RunConfig(shutdown_timeout=10.0)
+
+
+def test_number_and_table_defaults(tmp_path: Path) -> None:
+    """disclaimer defaults to false; [http] and [sentry] need only listen and dsn."""
+    text = f'{MINIMAL}[http]\nlisten = "127.0.0.1:9464"\n[sentry]\ndsn = "{DSN}"\n'
+
+    config = load_text(tmp_path, text)
+
+    assert config.numbers[0].disclaimer is False
+    assert config.http == HttpConfig("127.0.0.1", 9464, send_token=None)
+    assert config.sentry == SentryConfig(
+        DSN, environment=None, release=None, traces_sample_rate=0.0, monitor=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("127.0.0.1:9464", "127.0.0.1", 9464),
+        ("0.0.0.0:65535", "0.0.0.0", 65535),
+        ("localhost:0", "localhost", 0),
+        ("metrics.internal:1", "metrics.internal", 1),
+        ("[::1]:9464", "::1", 9464),
+        ("[::]:80", "::", 80),
+    ],
+)
+def test_http_listen(tmp_path: Path, listen: str, host: str, port: int) -> None:
+    """http.listen splits into host and port; IPv6 loses its brackets; port 0 is allowed."""
+    config = load_text(tmp_path, f'{API}[http]\nlisten = "{listen}"\n')
+
+    assert config.http == HttpConfig(host, port)
+
+
+def test_send_token_file_is_read_relative_to_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http.send_token_file is read from the config's directory and stripped."""
+    etc = tmp_path / "etc"
+    write(etc, f"  {SEND_TOKEN}\n", name="send.token")
+    monkeypatch.chdir(tmp_path)
+    text = f'{API}[http]\nlisten = "127.0.0.1:0"\nsend_token_file = "send.token"\n'
+
+    config = load(write(etc, text), environ=NO_ENV)
+
+    assert config.http == HttpConfig("127.0.0.1", 0, send_token=SEND_TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("content", "start"),
+    [
+        (None, "http.send_token_file: cannot read"),
+        (" \n", "http.send_token_file: "),
+        (SHORT_SEND_TOKEN, "http.send_token_file: must be at least 16 characters"),
+        (f"{SEND_TOKEN} {SEND_TOKEN}", "http.send_token_file: must be printable ASCII"),
+    ],
+    ids=["missing", "empty", "short", "space"],
+)
+def test_unusable_send_token_file_names_its_key(
+    tmp_path: Path, content: str | None, start: str
+) -> None:
+    """A missing, empty or unfit send token file is an error naming it, not showing the token."""
+    if content is not None:
+        write(tmp_path, content, name="send.token")
+    text = f'{API}[http]\nlisten = "127.0.0.1:0"\nsend_token_file = "send.token"\n'
+
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+
+    message = str(caught.value)
+    assert message.startswith(start)
+    for secret in SECRETS:
+        assert secret not in message
 
 
 def test_default_store_follows_state_directory(tmp_path: Path) -> None:
@@ -497,6 +606,96 @@ BAD_CONFIGS = [
     ("log-level", API + '[log]\nlevel = "loud"\n', 'log.level: "loud" is not one of debug, info'),
     ("log-format", API + '[log]\nformat = "xml"\n', 'log.format: "xml" is not one of text, json'),
     ("log-pii", API + '[log]\npii = "yes"\n', "log.pii: expected a boolean, got string"),
+    ("lease", API + '[store]\nlease = "500ms"\n', "store.lease: must be at least 1s"),
+    ("lease-type", API + "[store]\nlease = true\n", "store.lease: expected a duration"),
+    ("disclaimer", MINIMAL + 'disclaimer = "yes"\n', "numbers[0].disclaimer: expected a boolean"),
+    ("http-table", 'http = "127.0.0.1:9464"\n' + API, "http: expected a table, got string"),
+    ("http-key", API + '[http]\nlisten = "h:1"\nport = 1\n', 'http: unknown key "port"'),
+    ("listen-none", API + "[http]\n", "http.listen: required when [http] is present"),
+    ("listen-type", API + "[http]\nlisten = 9464\n", "http.listen: expected a string"),
+    ("listen-bad", API + '[http]\nlisten = "x"\n', 'http.listen: "x" is not host:port'),
+    ("listen-empty", API + '[http]\nlisten = ""\n', 'http.listen: "" is not host:port'),
+    ("listen-host", API + '[http]\nlisten = ":80"\n', 'http.listen: ":80" is not host:port'),
+    ("listen-port", API + '[http]\nlisten = "h:65536"\n', 'http.listen: "h:65536" is not'),
+    ("listen-v6", API + '[http]\nlisten = "::1:80"\n', 'http.listen: "::1:80" is not'),
+    ("listen-v4-br", API + '[http]\nlisten = "[127.0.0.1]:80"\n', "http.listen: "),
+    ("listen-v4", API + '[http]\nlisten = "1.2.3.999:80"\n', 'http.listen: "1.2.3.999:80"'),
+    (
+        "send-token-short",
+        API + f'[http]\nlisten = "h:1"\nsend_token = "{SHORT_SEND_TOKEN}"\n',
+        "http.send_token: must be at least 16 characters",
+    ),
+    (
+        "send-token-both",
+        API + f'[http]\nlisten = "h:1"\nsend_token = "{SEND_TOKEN}"\nsend_token_file = "t"\n',
+        "http.send_token_file: cannot be set together with http.send_token",
+    ),
+    (
+        "send-token-file-blank",
+        API + '[http]\nlisten = "h:1"\nsend_token_file = ""\n',
+        "http.send_token_file: is empty",
+    ),
+    ("sentry-table", "sentry = 1\n" + API, "sentry: expected a table, got integer"),
+    ("dsn-none", API + "[sentry]\n", "sentry.dsn: required when [sentry] is present"),
+    ("dsn-type", API + "[sentry]\ndsn = 1\n", "sentry.dsn: expected a string, got integer"),
+    ("dsn-key", API + f'[sentry]\ndsn = "{DSN}"\ndns = 1\n', 'sentry: unknown key "dns"'),
+    (
+        "dsn-scheme",
+        API + f'[sentry]\ndsn = "{DSN.replace("https", "ftp")}"\n',
+        "sentry.dsn: is not a Sentry DSN",
+    ),
+    (
+        "dsn-public-key",
+        API + f'[sentry]\ndsn = "{DSN.replace(DSN_KEY + "@", "")}"\n',
+        "sentry.dsn: is not a Sentry DSN",
+    ),
+    (
+        "dsn-project",
+        API + f'[sentry]\ndsn = "{DSN.removesuffix("42")}"\n',
+        "sentry.dsn: is not a Sentry DSN",
+    ),
+    ("dsn-text", API + f'[sentry]\ndsn = "{DSN_KEY}"\n', "sentry.dsn: is not a Sentry DSN"),
+    (
+        "sentry-environment",
+        API + f'[sentry]\ndsn = "{DSN}"\nenvironment = " "\n',
+        "sentry.environment: is empty",
+    ),
+    (
+        "sentry-release",
+        API + f'[sentry]\ndsn = "{DSN}"\nrelease = 1.0\n',
+        "sentry.release: expected a string, got float",
+    ),
+    (
+        "traces-type",
+        API + f'[sentry]\ndsn = "{DSN}"\ntraces_sample_rate = "0.5"\n',
+        "sentry.traces_sample_rate: expected a number, got string",
+    ),
+    (
+        "traces-range",
+        API + f'[sentry]\ndsn = "{DSN}"\ntraces_sample_rate = 1.5\n',
+        "sentry.traces_sample_rate: must be from 0 to 1, got 1.5",
+    ),
+    (
+        "traces-nan",
+        API + f'[sentry]\ndsn = "{DSN}"\ntraces_sample_rate = nan\n',
+        "sentry.traces_sample_rate: must be from 0 to 1",
+    ),
+    (
+        "sentry-monitor",
+        API + f'[sentry]\ndsn = "{DSN}"\nmonitor = 1\n',
+        "sentry.monitor: expected a boolean, got integer",
+    ),
+    ("run-key", API + "[run]\ntimeout = 1\n", 'run: unknown key "timeout"'),
+    (
+        "shutdown-zero",
+        API + '[run]\nshutdown_timeout = "0s"\n',
+        "run.shutdown_timeout: must be greater than 0",
+    ),
+    (
+        "shutdown-bad",
+        API + '[run]\nshutdown_timeout = "soon"\n',
+        'run.shutdown_timeout: "soon" is not a duration',
+    ),
 ]
 
 

@@ -54,7 +54,7 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
 
 async def _running(relay: Relay) -> tuple[asyncio.Event, asyncio.Task[None]]:
     stop = asyncio.Event()
-    return stop, asyncio.create_task(relay.run(stop, shutdown_timeout=2.0))
+    return stop, asyncio.create_task(relay.run(stop))
 
 
 @pytest.mark.parametrize("wire", _variants(), ids=lambda w: f"{w.envelope}-{w.time_format}")

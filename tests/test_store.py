@@ -11,14 +11,11 @@ import sqlalchemy as sa
 
 from relay.clock import FakeClock
 from relay.inbound import InboundMessage
+from relay.schema import DEAD, DELIVERED, PENDING, deliveries, messages
 from relay.store import (
-    DEAD,
-    DELIVERED,
-    PENDING,
     Outcome,
+    Reply,
     Store,
-    deliveries,
-    messages,
     webhook_id,
 )
 
@@ -70,14 +67,14 @@ def test_migrate_is_idempotent(store: Store) -> None:
     """Migrating an up-to-date store again changes nothing and does not fail."""
     store.migrate()
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
 
 
 def test_record_queues_one_delivery_per_webhook(store: Store) -> None:
     """A new message is recorded once with a pending delivery for each target webhook."""
     result = store.record(NUMBER, [msg(1), msg(2)], both)
     assert (result.messages, result.deliveries) == (2, 4)
-    due = store.due("a", 10)
+    due = store.claim("a", 10)
     assert [d.provider_id for d in due] == ["1", "2"]
     assert due[0].webhook_id == webhook_id(NUMBER, "1", "a")
     assert due[0].received_at == T0 + timedelta(seconds=1)
@@ -143,7 +140,7 @@ def test_record_of_a_batch_costs_bounded_queries(store: Store) -> None:
 def test_outcomes_move_deliveries(store: Store, clock: FakeClock) -> None:
     """Delivered and dead leave the queue; a retry is due again only at its time."""
     store.record(NUMBER, [msg(1), msg(2), msg(3)], lambda _m: ("a",))
-    d1, d2, d3 = store.due("a", 10)
+    d1, d2, d3 = store.claim("a", 10)
     later = clock.now() + timedelta(seconds=30)
     store.save_outcomes(
         [
@@ -152,27 +149,49 @@ def test_outcomes_move_deliveries(store: Store, clock: FakeClock) -> None:
             Outcome(d3.id, clock.now(), DEAD, status=410, error="HTTP 410"),
         ]
     )
-    assert store.due("a", 10) == []
+    assert store.claim("a", 10) == []
     assert store.next_due("a") == later
     clock.advance(30)
-    (retry,) = store.due("a", 10)
+    (retry,) = store.claim("a", 10)
     assert (retry.id, retry.attempts, retry.webhook_id) == (d2.id, 1, d2.webhook_id)
     assert store.counts() == {PENDING: 1, DELIVERED: 1, DEAD: 1}
 
 
-def test_due_excludes_in_flight(store: Store) -> None:
-    """Deliveries already in flight are not handed out twice."""
-    store.record(NUMBER, [msg(1), msg(2)], lambda _m: ("a",))
-    first = store.due("a", 1)
-    rest = store.due("a", 10, exclude=[first[0].id])
-    assert [d.provider_id for d in rest] == ["2"]
-    assert store.next_due("a", exclude=[d.id for d in first + rest]) is None
+def test_claims_are_exclusive_until_they_expire(store_url: str, clock: FakeClock) -> None:
+    """A delivery claimed by one relay is not handed to another until the claim runs out."""
+    one = Store.open(store_url, clock, relay_id="one", lease=15)
+    two = Store.open(store_url, clock, relay_id="two", lease=15, migrate=False)
+    try:
+        one.record(NUMBER, [msg(1), msg(2)], lambda _m: ("a",))
+        first = one.claim("a", 1)
+        assert [d.provider_id for d in two.claim("a", 10)] == ["2"]
+        assert one.claim("a", 10) == []
+        assert one.next_due("a") == clock.now() + timedelta(seconds=15)  # two's claim
+        clock.advance(16)  # relay one died: its claim lapses
+        assert [d.provider_id for d in two.claim("a", 10)] == [first[0].provider_id, "2"]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_outcome_releases_the_claim_and_queues_one_reply(store: Store, clock: FakeClock) -> None:
+    """A delivered outcome with a reply queues it once, even if the outcome is saved twice."""
+    store.record(NUMBER, [msg(1)], lambda _m: ("a",))
+    (d,) = store.claim("a", 10)
+    reply = Reply(NUMBER, "+61412345678", "Thanks!")
+    store.save_outcomes([Outcome(d.id, clock.now(), DELIVERED, status=200, reply=reply)])
+    store.save_outcomes([Outcome(d.id, clock.now(), DELIVERED, status=200, reply=reply)])
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT kind, text, recipients FROM outbound")).all()
+        claimed = conn.execute(sa.text("SELECT claimed_by FROM deliveries")).scalar()
+    assert [tuple(r) for r in rows] == [("reply", "Thanks!", '["+61412345678"]')]
+    assert claimed is None
 
 
 def test_prune_keeps_what_is_unsettled(store: Store, clock: FakeClock) -> None:
     """Old delivered messages go; old pending ones and recent dead letters stay."""
     store.record(NUMBER, [msg(1), msg(2), msg(3), msg(4)], lambda _m: ("a",))
-    d1, _d2, d3, d4 = store.due("a", 10)
+    d1, _d2, d3, d4 = store.claim("a", 10)
     store.save_outcomes(
         [
             Outcome(d1.id, clock.now(), DELIVERED, status=200),
@@ -205,4 +224,4 @@ def test_text_round_trips(store: Store) -> None:
     """Emoji and non-Latin text come back exactly as stored."""
     text = "こんにちは 👋 — ünïcödé"
     store.record(NUMBER, [msg(1, text=text)], lambda _m: ("a",))
-    assert store.due("a", 1)[0].text == text
+    assert store.claim("a", 1)[0].text == text

@@ -1,0 +1,30 @@
+"""What the pipeline reports as it works: polls, messages, deliveries, outbound SMS.
+
+The poller, the dispatcher and the outbox call an :class:`Events`; the daemon
+passes one that feeds metrics, alerts and the systemd status line. The base
+class does nothing, so tests and ``poll-once`` need none of that.
+"""
+
+from __future__ import annotations
+
+
+class Events:
+    """No-op receiver of pipeline events; override what you need."""
+
+    def poll_succeeded(self, number: str, new: int) -> None:
+        """A poll of ``number`` went through and found ``new`` messages."""
+
+    def poll_failed(self, number: str, error: str, *, unauthorized: bool = False) -> None:
+        """A poll of ``number`` failed; ``unauthorized`` when the API rejected the token."""
+
+    def delivered(self, webhook: str, latency: float) -> None:
+        """A webhook accepted a message, ``latency`` seconds after the provider received it."""
+
+    def delivery_failed(self, webhook: str, error: str, *, dead: bool) -> None:
+        """An attempt failed; ``dead`` when it was the last."""
+
+    def outbound(self, outcome: str) -> None:
+        """An outbound SMS was sent ("sent"), rescheduled ("retry") or given up ("failed")."""
+
+    def store_failed(self, error: str) -> None:
+        """A store call failed."""

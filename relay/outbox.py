@@ -1,0 +1,325 @@
+"""Outbound SMS: replies asked for by webhooks, and sends queued through ``POST /v1/send``.
+
+Each is a row in the ``outbound`` table, written in the same transaction as
+the thing that caused it (a reply with its delivery's 2xx). The outbox worker
+claims due rows and sends them through the Aatrox API with their own retries:
+API 5xx, 429 (honouring Retry-After), timeouts and connection errors back off
+from :data:`RETRY_INITIAL` to :data:`RETRY_MAX` for :data:`GIVE_UP_AFTER`;
+a 400 is final. One recipient goes through ``/sms/send`` (or
+``/sms/send/disclaimer``), several through one ``/sms/send/bulk``.
+
+The provider documents no idempotency key, so a relay killed after the API
+accepted an SMS but before recording it will send that SMS again on restart:
+the one window where a reply can repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from relay.api import AatroxClient
+from relay.clock import Clock
+from relay.errors import ApiBadRequest, ApiError, ApiRateLimited, StoreError
+from relay.logs import fields
+from relay.logs import number as shown
+from relay.retry import Backoff, Jitter
+from relay.schema import FAILED, PENDING, SENT, outbound
+from relay.store import AsyncStore, Store
+from relay.worker import Worker
+
+log = logging.getLogger("relay.outbox")
+
+#: The longest text accepted: ten concatenated SMS segments.
+MAX_TEXT = 1600
+RETRY_INITIAL = 5.0
+RETRY_MAX = 300.0
+GIVE_UP_AFTER = 86400.0
+#: Outbound API requests in flight at once.
+OUTBOX_CONCURRENCY = 4
+
+
+def check_text(text: str) -> str:
+    """``text`` if it can be sent; ValueError saying why not."""
+    if not text.strip():
+        msg = "text is empty"
+        raise ValueError(msg)
+    if len(text) > MAX_TEXT:
+        msg = f"text is {len(text)} characters, more than {MAX_TEXT} (ten SMS segments)"
+        raise ValueError(msg)
+    return text
+
+
+def reply_text(body: bytes) -> str | None:
+    """The reply a webhook's 2xx body asks for: ``{"reply": "text"}`` or
+    ``{"reply": {"text": "..."}}``. None when it asks for none (any other body);
+    ValueError when it asks for one that cannot be sent."""
+    if b'"reply"' not in body:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("reply") is None:
+        return None
+    reply = doc["reply"]
+    if isinstance(reply, dict):
+        reply = reply.get("text")
+    if not isinstance(reply, str):
+        msg = 'reply must be a string or {"text": string}'
+        raise ValueError(msg)
+    return check_text(reply)
+
+
+@dataclass(frozen=True)
+class OutboundSms:
+    """One queued outbound SMS."""
+
+    id: int
+    kind: str
+    sender: str
+    recipients: tuple[str, ...]
+    text: str
+    disclaimer: bool
+    attempts: int
+    queued_at: datetime
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the provider answered to an accepted send."""
+
+    ids: tuple[str, ...]
+    status: str | None
+
+
+def provider_answer(answer: dict[str, object]) -> Sent:
+    """The ids and status in a send answer, whatever its exact shape."""
+    doc: dict[str, object] = answer
+    inner = answer.get("data")
+    if isinstance(inner, dict):
+        doc = {**answer, **inner}
+    ids: list[str] = []
+    for key in ("id", "message_id", "messageId", "sms_id", "ids", "message_ids", "messages"):
+        value = doc.get(key)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, dict):
+                v = v.get("id") or v.get("message_id")
+            if isinstance(v, (str, int)) and not isinstance(v, bool):
+                ids.append(str(v))
+    status = doc.get("status")
+    return Sent(tuple(dict.fromkeys(ids)), str(status)[:64] if status is not None else None)
+
+
+# --- the queue in the store ----------------------------------------------------
+
+
+def queue_send(
+    store: Store, sender: str, recipients: Sequence[str], text: str, disclaimer: bool = False
+) -> int:
+    """Queue an outbound SMS (``kind="send"``); its id."""
+    now = store.clock.now()
+    with store.engine.begin() as conn:
+        return int(
+            conn.execute(
+                outbound.insert()
+                .values(
+                    kind="send",
+                    sender=sender,
+                    recipients=json.dumps(list(recipients)),
+                    text=text,
+                    disclaimer=disclaimer,
+                    state=PENDING,
+                    queued_at=now,
+                    next_attempt_at=now,
+                )
+                .returning(outbound.c.id)
+            ).scalar_one()
+        )
+
+
+def claim(store: Store, limit: int) -> list[OutboundSms]:
+    """Claim up to ``limit`` due outbound SMS for this relay."""
+    now = store.clock.now()
+    free = (
+        sa.select(outbound.c.id)
+        .where(
+            outbound.c.state == PENDING,
+            outbound.c.next_attempt_at <= now,
+            sa.or_(outbound.c.claim_expires_at.is_(None), outbound.c.claim_expires_at < now),
+        )
+        .order_by(outbound.c.next_attempt_at, outbound.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with store.engine.begin() as conn:
+        ids = list(
+            conn.scalars(
+                outbound.update()
+                .where(outbound.c.id.in_(free.scalar_subquery()))
+                .values(
+                    claimed_by=store.relay_id,
+                    claim_expires_at=now + timedelta(seconds=store.lease),
+                )
+                .returning(outbound.c.id)
+            )
+        )
+        if not ids:
+            return []
+        rows = conn.execute(
+            sa.select(
+                outbound.c.id,
+                outbound.c.kind,
+                outbound.c.sender,
+                outbound.c.recipients,
+                outbound.c.text,
+                outbound.c.disclaimer,
+                outbound.c.attempts,
+                outbound.c.queued_at,
+            )
+            .where(outbound.c.id.in_(ids))
+            .order_by(outbound.c.id)
+        )
+        return [
+            OutboundSms(
+                r.id,
+                r.kind,
+                r.sender,
+                tuple(json.loads(r.recipients)),
+                r.text,
+                bool(r.disclaimer),
+                r.attempts,
+                r.queued_at,
+            )
+            for r in rows
+        ]
+
+
+def next_due(store: Store) -> datetime | None:
+    """When the next outbound SMS not claimed by this relay falls due."""
+    query = sa.select(sa.func.min(outbound.c.next_attempt_at)).where(
+        outbound.c.state == PENDING,
+        sa.or_(outbound.c.claimed_by.is_(None), outbound.c.claimed_by != store.relay_id),
+    )
+    with store.engine.connect() as conn:
+        value: datetime | None = conn.execute(query).scalar_one_or_none()
+    return value
+
+
+def record(store: Store, sms_id: int, **values: Any) -> None:
+    """Write back one attempt's result, releasing the claim."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            outbound.update()
+            .where(outbound.c.id == sms_id)
+            .values(
+                attempts=outbound.c.attempts + 1, claimed_by=None, claim_expires_at=None, **values
+            )
+        )
+
+
+def counts(store: Store) -> dict[str, int]:
+    """Outbound SMS by state."""
+    query = sa.select(outbound.c.state, sa.func.count()).group_by(outbound.c.state)
+    with store.engine.connect() as conn:
+        found = {state: int(n) for state, n in conn.execute(query)}
+    return {state: found.get(state, 0) for state in (PENDING, SENT, FAILED)}
+
+
+# --- sending ---------------------------------------------------------------------
+
+
+async def send_now(api: AatroxClient, sms: OutboundSms) -> Sent:
+    """One request to the right endpoint for ``sms``."""
+    if len(sms.recipients) > 1:
+        answer = await api.send_bulk(sms.sender, list(sms.recipients), sms.text)
+    elif sms.disclaimer:
+        answer = await api.send_disclaimer(sms.sender, sms.recipients[0], sms.text)
+    else:
+        answer = await api.send(sms.sender, sms.recipients[0], sms.text)
+    return provider_answer(answer)
+
+
+class Outbox(Worker[OutboundSms]):
+    """Sends queued outbound SMS through the API."""
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        api: AatroxClient,
+        clock: Clock,
+        jitter: Jitter | None = None,
+        concurrency: int = OUTBOX_CONCURRENCY,
+    ) -> None:
+        super().__init__(clock, concurrency)
+        self.store = store
+        self.api = api
+        self.backoff = Backoff(RETRY_INITIAL, RETRY_MAX, GIVE_UP_AFTER)
+        self._jitter = jitter
+
+    async def claim(self, limit: int) -> list[OutboundSms]:
+        """Claim due outbound SMS."""
+        return await self.store.call(claim, self.store.sync, limit)
+
+    async def next_due(self) -> datetime | None:
+        """When the next outbound SMS falls due."""
+        return await self.store.call(next_due, self.store.sync)
+
+    async def process(self, item: OutboundSms) -> None:
+        """Send one SMS and record the result."""
+        now = self.clock.now()
+        event = {
+            "id": item.id,
+            "kind": item.kind,
+            "sender": shown(item.sender),
+            "recipients": len(item.recipients),
+            "attempt": item.attempts + 1,
+        }
+        try:
+            sent = await send_now(self.api, item)
+        except ApiBadRequest as exc:
+            log.error("relay.outbox.failed", extra=fields(**event, error=str(exc)))
+            values: dict[str, Any] = {"state": FAILED, "last_status": 400, "last_error": str(exc)}
+        except ApiError as exc:
+            retry_after = exc.retry_after if isinstance(exc, ApiRateLimited) else None
+            nxt = self.backoff.next_attempt(
+                attempt=item.attempts + 1,
+                queued_at=item.queued_at,
+                now=now,
+                retry_after=retry_after,
+                jitter=self._jitter,
+            )
+            values = {"last_status": exc.status, "last_error": str(exc)}
+            if nxt is None or not exc.retryable:
+                values["state"] = FAILED
+                log.error("relay.outbox.failed", extra=fields(**event, error=str(exc)))
+            else:
+                values["next_attempt_at"] = nxt
+                log.warning(
+                    "relay.outbox.retry_scheduled",
+                    extra=fields(**event, error=str(exc), next_attempt_at=nxt.isoformat()),
+                )
+        else:
+            values = {
+                "state": SENT,
+                "sent_at": now,
+                "last_status": 200,
+                "last_error": None,
+                "provider_ids": json.dumps(list(sent.ids)),
+                "provider_status": sent.status,
+            }
+            log.info("relay.outbox.sent", extra=fields(**event, provider_ids=",".join(sent.ids)))
+        values["last_attempt_at"] = now
+        try:
+            await self.store.call(record, self.store.sync, item.id, **values)
+        except StoreError as exc:  # the claim lapses and the SMS is tried again
+            log.error("relay.outbox.unrecorded", extra=fields(id=item.id, error=str(exc)))

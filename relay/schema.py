@@ -1,0 +1,136 @@
+"""The store's tables, as SQLAlchemy Core sees them.
+
+The migrations in ``relay/migrations`` own the real schema; these mirror it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Final, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+DeliveryState = Literal["pending", "delivered", "dead"]
+PENDING: Final = "pending"
+DELIVERED: Final = "delivered"
+DEAD: Final = "dead"
+
+OutboundState = Literal["pending", "sent", "failed"]
+SENT: Final = "sent"
+FAILED: Final = "failed"
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware datetimes in, timezone-aware UTC datetimes out, on every engine."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store UTC; SQLite keeps no zone, so it gets the naive UTC time."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            msg = "naive datetime given to the store"
+            raise ValueError(msg)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Read back as aware UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+metadata = sa.MetaData()
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("number", sa.String(32), nullable=False),
+    sa.Column("provider_id", sa.String(128), nullable=False),
+    sa.Column("sender", sa.String(32), nullable=False),
+    sa.Column("recipient", sa.String(32), nullable=False),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False),
+    sa.Column("seen_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("number", "provider_id", name="uq_messages_number_provider_id"),
+)
+
+numbers = sa.Table(
+    "numbers",
+    metadata,
+    sa.Column("number", sa.String(32), primary_key=True),
+    sa.Column("first_polled_at", UtcDateTime(), nullable=False),
+    sa.Column("last_poll_at", UtcDateTime()),
+    sa.Column("last_success_at", UtcDateTime()),
+    sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text()),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("message_id", _ID, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("webhook", sa.String(64), nullable=False),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("queued_at", UtcDateTime(), nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    sa.Column("last_attempt_at", UtcDateTime()),
+    sa.Column("delivered_at", UtcDateTime()),
+    sa.Column("last_status", sa.Integer()),
+    sa.Column("last_error", sa.Text()),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claim_expires_at", UtcDateTime()),
+    sa.UniqueConstraint("message_id", "webhook", name="uq_deliveries_message_webhook"),
+)
+
+relays = sa.Table(
+    "relays",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime(), nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64)),
+    sa.Column("expires_at", UtcDateTime()),
+)
+
+outbound = sa.Table(
+    "outbound",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("delivery_id", _ID, sa.ForeignKey("deliveries.id", ondelete="SET NULL")),
+    sa.Column("sender", sa.String(32), nullable=False),
+    sa.Column("recipients", sa.Text(), nullable=False),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("disclaimer", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("queued_at", UtcDateTime(), nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    sa.Column("last_attempt_at", UtcDateTime()),
+    sa.Column("sent_at", UtcDateTime()),
+    sa.Column("provider_ids", sa.Text()),
+    sa.Column("provider_status", sa.String(64)),
+    sa.Column("last_status", sa.Integer()),
+    sa.Column("last_error", sa.Text()),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claim_expires_at", UtcDateTime()),
+    sa.UniqueConstraint("delivery_id", name="uq_outbound_delivery"),
+)

@@ -1,0 +1,132 @@
+"""The loop shared by everything that works through a queue in the store.
+
+A :class:`Worker` claims due items up to its concurrency, processes each in
+its own task, and sleeps until it is woken (new work queued, a task finished)
+or its next item falls due. Webhook lanes and the outbox are workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
+
+from relay.clock import Clock
+from relay.errors import StoreError
+from relay.logs import fields
+
+log = logging.getLogger("relay.worker")
+
+#: A worker with nothing due looks at the store again after this long anyway
+#: (another relay on the same store may have queued work).
+IDLE_RECHECK = 5.0
+#: After a store error a worker waits this long before trying again.
+STORE_ERROR_PAUSE = 1.0
+
+
+class Item(Protocol):
+    """Anything with a store id."""
+
+    @property
+    def id(self) -> int:
+        """The row's id."""
+        ...
+
+
+ItemT = TypeVar("ItemT", bound=Item)
+
+
+class Worker(ABC, Generic[ItemT]):
+    """Claims and processes queued items, at most ``concurrency`` at once."""
+
+    #: The event name prefix for this worker's logs.
+    name = "worker"
+
+    def __init__(self, clock: Clock, concurrency: int) -> None:
+        self.clock = clock
+        self.concurrency = concurrency
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    @abstractmethod
+    async def claim(self, limit: int) -> list[ItemT]:
+        """Claim up to ``limit`` due items in the store."""
+
+    @abstractmethod
+    async def next_due(self) -> datetime | None:
+        """When the next item not in flight here falls due; None if there is none."""
+
+    @abstractmethod
+    async def process(self, item: ItemT) -> None:
+        """Handle one item, recording its outcome. Must not raise for expected failures."""
+
+    @property
+    def in_flight(self) -> int:
+        """Items being processed now."""
+        return len(self._inflight)
+
+    def wake(self) -> None:
+        """Look for due items now."""
+        self._wake.set()
+
+    async def fill(self) -> int:
+        """Start as many due items as there are free slots; how many started."""
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        items = await self.claim(free)
+        for item in items:
+            self._inflight[item.id] = asyncio.create_task(self._guarded(item))
+        return len(items)
+
+    async def _guarded(self, item: ItemT) -> None:
+        try:
+            await self.process(item)
+        finally:
+            self._inflight.pop(item.id, None)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Process until :meth:`drain`."""
+        while not self._stopping:
+            self._wake.clear()
+            wait: float | None
+            try:
+                await self.fill()
+                # All slots busy: a finishing task wakes us. Otherwise nothing more is
+                # due now: sleep until the next item falls due, or until woken.
+                wait = None if len(self._inflight) >= self.concurrency else await self._idle()
+            except StoreError as exc:
+                log.error(f"relay.{self.name}.store_error", extra=fields(error=str(exc)))
+                wait = STORE_ERROR_PAUSE
+            if wait is not None and wait <= 0:
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _idle(self) -> float:
+        nxt = await self.next_due()
+        if nxt is None:
+            return IDLE_RECHECK
+        return min((nxt - self.clock.now()).total_seconds(), IDLE_RECHECK)
+
+    async def settle(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the items in flight; cancel the rest. How many were cut."""
+        tasks = list(self._inflight.values())
+        if not tasks:
+            return 0
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
+    async def drain(self, timeout: float) -> int:
+        """Start nothing more, then :meth:`settle`."""
+        self._stopping = True
+        self._wake.set()
+        return await self.settle(timeout)
