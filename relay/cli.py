@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,15 +113,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config) -> int:
-    from relay.daemon import Relay
+    from relay.service import Service
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with Relay(config) as relay:
-        await relay.run(stop)
-    return EXIT_OK
+    return await Service(config).run()
 
 
 async def _poll_once(config: Config) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -178,7 +179,7 @@ class Relay:
         )
         self._store = AsyncStore(sync)
         self._api = AatroxClient(config.api, max_connections=config.poll.concurrency + 4)
-        self._outbox = Outbox(self._store, self._api, self.clock, self.jitter)
+        self._outbox = Outbox(self._store, self._api, self.clock, self.jitter, events=self.events)
         self._dispatcher = Dispatcher(
             self._store,
             config.webhooks,
@@ -208,6 +209,7 @@ class Relay:
         *,
         reload: asyncio.Event | None = None,
         on_started: asyncio.Event | None = None,
+        on_reloaded: Callable[[bool], None] | None = None,
     ) -> None:
         """Poll and deliver until ``stop`` is set; re-read the config whenever ``reload`` is.
 
@@ -246,7 +248,9 @@ class Relay:
                 waiter.cancel()
             if reload.is_set() and not stop.is_set():
                 reload.clear()
-                await self.reload()
+                ok = await self.reload()
+                if on_reloaded is not None:
+                    on_reloaded(ok)
         log.info("relay.stopping")
         timeout = self.config.run.shutdown_timeout
         pruner.cancel()

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from relay.api import AatroxClient
 from relay.clock import Clock
 from relay.errors import ApiBadRequest, ApiError, ApiRateLimited, StoreError
+from relay.events import Events
 from relay.logs import fields
 from relay.logs import number as shown
 from relay.retry import Backoff, Jitter
@@ -259,8 +260,10 @@ class Outbox(Worker[OutboundSms]):
         clock: Clock,
         jitter: Jitter | None = None,
         concurrency: int = OUTBOX_CONCURRENCY,
+        events: Events | None = None,
     ) -> None:
         super().__init__(clock, concurrency)
+        self.events = events or Events()
         self.store = store
         self.api = api
         self.backoff = Backoff(RETRY_INITIAL, RETRY_MAX, GIVE_UP_AFTER)
@@ -288,6 +291,7 @@ class Outbox(Worker[OutboundSms]):
             sent = await send_now(self.api, item)
         except ApiBadRequest as exc:
             log.error("relay.outbox.failed", extra=fields(**event, error=str(exc)))
+            self.events.outbound("failed")
             values: dict[str, Any] = {"state": FAILED, "last_status": 400, "last_error": str(exc)}
         except ApiError as exc:
             retry_after = exc.retry_after if isinstance(exc, ApiRateLimited) else None
@@ -302,6 +306,7 @@ class Outbox(Worker[OutboundSms]):
             if nxt is None or not exc.retryable:
                 values["state"] = FAILED
                 log.error("relay.outbox.failed", extra=fields(**event, error=str(exc)))
+                self.events.outbound("failed")
             else:
                 values["next_attempt_at"] = nxt
                 log.warning(
@@ -318,6 +323,7 @@ class Outbox(Worker[OutboundSms]):
                 "provider_status": sent.status,
             }
             log.info("relay.outbox.sent", extra=fields(**event, provider_ids=",".join(sent.ids)))
+            self.events.outbound("sent")
         values["last_attempt_at"] = now
         try:
             await self.store.call(record, self.store.sync, item.id, **values)

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from relay.api import AatroxClient
 from relay.clock import Clock
@@ -61,6 +62,8 @@ class NumberState:
     last_error: str | None = None
     last_success_monotonic: float | None = None
     baselined: bool = False
+    #: Changed since :meth:`Poller.take_changed_states` last looked.
+    changed: bool = False
     seen: dict[str, None] = field(default_factory=dict)
 
     def remember(self, ids: Sequence[str], limit: int) -> None:
@@ -123,6 +126,23 @@ class Poller:
         known = await self.store.call(self.store.sync.known_numbers)
         for number, state in self.states.items():
             state.baselined = number in known
+
+    def take_changed_states(self) -> list[dict[str, Any]]:
+        """Poll states changed since the last call, as :meth:`Store.save_poll_states` wants."""
+        rows = []
+        for number, state in self.states.items():
+            if state.changed and state.baselined:
+                state.changed = False
+                rows.append(
+                    {
+                        "number": number,
+                        "last_poll_at": state.last_poll,
+                        "last_success_at": state.last_success,
+                        "consecutive_failures": state.failures,
+                        "last_error": state.last_error,
+                    }
+                )
+        return rows
 
     def due(self, number: str) -> bool:
         """Whether ``number`` is not backing off after failures."""
@@ -280,6 +300,7 @@ class Poller:
         state.last_success = self.clock.now()
         state.last_success_monotonic = self.clock.monotonic()
         state.last_error = None
+        state.changed = True
         self.events.poll_succeeded(state.config.number, new)
 
     async def _failed(
@@ -293,6 +314,7 @@ class Poller:
         """Back off: the number is skipped until its delay has passed."""
         state.failures += 1
         state.last_error = error
+        state.changed = True
         delay = poll_delay(state.config.interval, state.failures)
         if retry_after is not None:
             delay = max(delay, retry_after)

@@ -259,7 +259,12 @@ class Store:
                 .values(number=number, first_polled_at=now, last_poll_at=now, last_success_at=now)
                 .on_conflict_do_update(
                     index_elements=[numbers.c.number],
-                    set_={"last_poll_at": now, "last_success_at": now},
+                    set_={
+                        "last_poll_at": now,
+                        "last_success_at": now,
+                        "consecutive_failures": 0,
+                        "last_error": None,
+                    },
                 )
             )
             if not new:
@@ -432,6 +437,62 @@ class Store:
                 .values(claimed_by=None, claim_expires_at=None)
             ).rowcount
         return int(cut or 0)
+
+    def queue_stats(self) -> dict[str, tuple[int, int, datetime | None]]:
+        """Per webhook: pending deliveries, dead ones, and when the oldest pending was queued."""
+        query = (
+            sa.select(
+                deliveries.c.webhook,
+                deliveries.c.state,
+                sa.func.count(),
+                sa.func.min(deliveries.c.queued_at),
+            )
+            .where(deliveries.c.state.in_([PENDING, DEAD]))
+            .group_by(deliveries.c.webhook, deliveries.c.state)
+        )
+        stats: dict[str, tuple[int, int, datetime | None]] = {}
+        with self.engine.connect() as conn:
+            for hook, state, count, oldest in conn.execute(query):
+                pending, dead, first = stats.get(hook, (0, 0, None))
+                if state == PENDING:
+                    pending, first = int(count), oldest
+                else:
+                    dead = int(count)
+                stats[hook] = (pending, dead, first)
+        return stats
+
+    def ping(self) -> None:
+        """A trivial query: raises when the store does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def save_poll_states(self, states: Sequence[dict[str, Any]]) -> None:
+        """Persist numbers' poll state (for ``status``): dicts with number, last_poll_at,
+        last_success_at, consecutive_failures and last_error. Unknown numbers are skipped."""
+        if not states:
+            return
+        stmt = (
+            numbers.update()
+            .where(numbers.c.number == sa.bindparam("key"))
+            .values(
+                last_poll_at=sa.func.coalesce(
+                    sa.bindparam("last_poll_at", type_=UtcDateTime()), numbers.c.last_poll_at
+                ),
+                last_success_at=sa.func.coalesce(
+                    sa.bindparam("last_success_at", type_=UtcDateTime()), numbers.c.last_success_at
+                ),
+                consecutive_failures=sa.bindparam("consecutive_failures"),
+                last_error=sa.bindparam("last_error"),
+            )
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                stmt,
+                [
+                    {"key": s["number"], **{k: v for k, v in s.items() if k != "number"}}
+                    for s in states
+                ],
+            )
 
     def counts(self) -> dict[str, int]:
         """Deliveries by state, for status lines and tests."""

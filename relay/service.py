@@ -1,0 +1,332 @@
+"""``aatrox-relay run`` as a service: signals, systemd, health and metrics, Sentry.
+
+Around a :class:`relay.daemon.Relay` this adds what an operator relies on:
+
+- SIGTERM and SIGINT stop it cleanly (exit 0); SIGHUP re-reads the config.
+- systemd ``Type=notify``: READY=1 once the store is migrated and polls are
+  scheduled, WATCHDOG=1 while the event loop and the scheduler are alive,
+  a STATUS= summary, STOPPING=1 on the way out.
+- ``[http] listen``: ``/healthz``, ``/readyz``, ``/metrics``, and ``POST /v1/send``
+  when a send token is configured.
+- ``[sentry]``: problems worth a human, reported once per change of state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from relay import __version__, sentry
+from relay.config import Config
+from relay.daemon import Relay
+from relay.errors import InvalidNumber, RelayError
+from relay.events import Events
+from relay.health import HealthApp, NumberHealth
+from relay.httpserver import HttpServer, Request, Response, json_response
+from relay.logs import fields
+from relay.metrics import DEAD, DELIVERED, FAILED, POLL_OK, RETRY, SENT, Metrics
+from relay.outbox import check_text, queue_send
+from relay.phone import normalise
+from relay.systemd import Notifier
+
+log = logging.getLogger("relay.service")
+
+#: How often queue gauges, the systemd status line and persisted poll state refresh.
+REFRESH_EVERY = 10.0
+#: Largest body ``POST /v1/send`` accepts.
+MAX_SEND_BODY = 16 * 1024
+
+
+class Telemetry(Events):
+    """Pipeline events into metrics, Sentry alerts and cron check-ins."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        alerts: sentry.Alerts,
+        heartbeats: sentry.Heartbeats | None = None,
+        intervals: dict[str, float] | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.alerts = alerts
+        self.heartbeats = heartbeats
+        self.intervals = intervals or {}
+
+    def _beat(self, number: str, ok: bool) -> None:
+        if self.heartbeats is not None:
+            interval = self.intervals.get(number, 60.0)
+            self.heartbeats.beat(
+                sentry.monitor_slug(number), ok, monitor_config=sentry.monitor_config(interval)
+            )
+
+    def poll_succeeded(self, number: str, new: int) -> None:
+        """Count it; a working token clears the token alert."""
+        self.metrics.poll(number, POLL_OK)
+        if new:
+            self.metrics.received(number, new)
+        self.metrics.polled_ok(number, time.monotonic())
+        self.alerts.resolved("token_rejected")
+        self._beat(number, True)
+
+    def poll_failed(self, number: str, error: str, *, unauthorized: bool = False) -> None:
+        """Count it; a rejected token is a problem worth a human, once."""
+        self.metrics.poll(number, "unauthorized" if unauthorized else "error")
+        if unauthorized:
+            self.alerts.problem("token_rejected", "The Aatrox API rejected the token (401)")
+        self._beat(number, False)
+
+    def delivered(self, webhook: str, latency: float) -> None:
+        """Count it; the webhook works again."""
+        self.metrics.delivery(webhook, DELIVERED, latency)
+        self.alerts.resolved(f"webhook_dead:{webhook}")
+
+    def delivery_failed(self, webhook: str, error: str, *, dead: bool) -> None:
+        """Count it; a dead letter is reported once until the webhook accepts again."""
+        self.metrics.delivery(webhook, DEAD if dead else RETRY)
+        if dead:
+            self.alerts.problem(
+                f"webhook_dead:{webhook}",
+                f"Webhook {webhook} is dead-lettering deliveries: {error}",
+                webhook=webhook,
+            )
+
+    def outbound(self, outcome: str) -> None:
+        """Count sent and failed outbound SMS."""
+        if outcome in (SENT, FAILED):
+            self.metrics.outbound(outcome)
+
+    def store_failed(self, error: str) -> None:
+        """A store error is reported once until the store answers again."""
+        self.alerts.problem("store_error", f"The relay's store failed: {error}")
+
+
+class Service:
+    """Runs a relay until SIGTERM, as systemd and an operator expect."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.alerts = sentry.Alerts()
+        self.relay: Relay | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    # --- what /healthz and /readyz look at -------------------------------------------
+
+    def scheduler_running(self) -> bool:
+        """Whether polls are being scheduled."""
+        return bool(self.relay and self.relay.scheduler and self.relay.scheduler.running)
+
+    def number_health(self) -> Sequence[NumberHealth]:
+        """The numbers this relay polls (holds the lease of), and how their polls go."""
+        if self.relay is None:
+            return []
+        relay = self.relay
+        return [
+            NumberHealth(
+                number, state.config.interval, state.last_success_monotonic, state.last_error
+            )
+            for number, state in relay.poller.states.items()
+            if relay.leases.holds(number)
+        ]
+
+    async def store_ok(self) -> str | None:
+        """None when the store answers."""
+        if self.relay is None:
+            return "not started"
+        try:
+            await self.relay.store.call(self.relay.store.sync.ping)
+        except RelayError as exc:
+            return str(exc)
+        return None
+
+    # --- POST /v1/send ------------------------------------------------------------------
+
+    async def send_endpoint(self, request: Request) -> Response:
+        """Queue an outbound SMS: ``{"from", "to", "text"}`` with the send token; 202 + id."""
+        assert self.config.http is not None and self.relay is not None
+        token = self.config.http.send_token or ""
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return json_response(
+                {"error": "missing or wrong send token"},
+                401,
+                headers=[("WWW-Authenticate", "Bearer")],
+            )
+        if len(request.body) > MAX_SEND_BODY:
+            return json_response({"error": "body too large"}, 413)
+        try:
+            sender, recipients, text, disclaimer = self._parse_send(request.body)
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        store = self.relay.store
+        try:
+            sms_id = await store.call(queue_send, store.sync, sender, recipients, text, disclaimer)
+        except RelayError as exc:
+            return json_response({"error": str(exc)}, 503)
+        self.relay.outbox.wake()
+        log.info("relay.send.queued", extra=fields(id=sms_id, recipients=len(recipients)))
+        return json_response({"id": sms_id, "status": "queued"}, 202)
+
+    def _parse_send(self, body: bytes) -> tuple[str, list[str], str, bool]:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            msg = "body is not JSON"
+            raise ValueError(msg) from None
+        if not isinstance(doc, dict):
+            msg = 'body must be an object {"from", "to", "text"}'
+            raise ValueError(msg)
+        region = self.config.api.default_region
+        raw_to = doc.get("to")
+        to_list = raw_to if isinstance(raw_to, list) else [raw_to]
+        if (
+            not isinstance(doc.get("from"), str)
+            or not to_list
+            or not all(isinstance(t, str) for t in to_list)
+        ):
+            msg = '"from" must be a number and "to" a number or a list of numbers'
+            raise ValueError(msg)
+        if not isinstance(doc.get("text"), str):
+            msg = '"text" must be a string'
+            raise ValueError(msg)
+        disclaimer = doc.get("disclaimer", False)
+        if not isinstance(disclaimer, bool) or (disclaimer and len(to_list) > 1):
+            msg = '"disclaimer" must be true or false, and only with one recipient'
+            raise ValueError(msg)
+        try:
+            sender = normalise(doc["from"], region)
+            recipients = list(dict.fromkeys(normalise(t, region) for t in to_list))
+        except InvalidNumber as exc:
+            raise ValueError(str(exc)) from None
+        return sender, recipients, check_text(doc["text"]), disclaimer
+
+    # --- running ------------------------------------------------------------------------
+
+    def _summary(self, pending: int) -> str:
+        assert self.relay is not None
+        held = len(self.relay.leases.held)
+        total = len(self.relay.config.numbers)
+        polling = f"polling {held} numbers" if held == total else f"polling {held}/{total} numbers"
+        return f"{polling}, {pending} pending"
+
+    async def _refresh(self) -> None:
+        """Every few seconds: queue gauges, the systemd status, poll state for ``status``."""
+        assert self.relay is not None
+        relay = self.relay
+        while True:
+            await asyncio.sleep(REFRESH_EVERY)
+            try:
+                stats = await relay.store.call(relay.store.sync.queue_stats)
+                await relay.store.call(
+                    relay.store.sync.save_poll_states, relay.poller.take_changed_states()
+                )
+            except RelayError as exc:
+                log.error("relay.service.refresh_failed", extra=fields(error=str(exc)))
+                continue
+            self.alerts.resolved("store_error")
+            now = relay.clock.now()
+            for hook in relay.config.webhooks:
+                pending, dead, oldest = stats.get(hook.name, (0, 0, None))
+                self.metrics.queue(hook.name, pending, dead, _age(now, oldest))
+            self.notifier.status(self._summary(sum(p for p, _d, _o in stats.values())))
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGHUP:
+            log.info("relay.reload.requested")
+            self.notifier.reloading()
+            self._reload.set()
+        else:
+            log.info("relay.signal", extra=fields(signal=sig.name))
+            self._stop.set()
+
+    async def run(self) -> int:
+        """Run until SIGTERM or SIGINT; exit code 0."""
+        config = self.config
+        if sentry.setup(config.sentry, version=__version__):
+            secrets: list[str | bytes] = [config.api.token, *(h.secret for h in config.webhooks)]
+            if config.http and config.http.send_token:
+                secrets.append(config.http.send_token)
+            for secret in secrets:
+                sentry.scrub_secret(secret)
+        heartbeats = sentry.Heartbeats() if config.sentry and config.sentry.monitor else None
+        telemetry = Telemetry(
+            self.metrics, self.alerts, heartbeats, {n.number: n.interval for n in config.numbers}
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        server: HttpServer | None = None
+        try:
+            async with Relay(config, events=telemetry) as relay:
+                self.relay = relay
+                if config.http is not None:
+                    app = HealthApp(self, metrics=self.metrics)
+                    if config.http.send_token:
+                        app.route("POST", "/v1/send", self.send_endpoint)
+                    server = HttpServer(app, config.http.host, config.http.port)
+                    await server.start()
+                    log.info("relay.http.listening", extra=fields(url=server.url))
+                started = asyncio.Event()
+                runner = asyncio.create_task(
+                    relay.run(
+                        self._stop,
+                        reload=self._reload,
+                        on_started=started,
+                        on_reloaded=self._reloaded,
+                    )
+                )
+                await _first(started.wait(), runner)
+                if runner.done():
+                    runner.result()
+                self.notifier.ready(self._summary(0))
+                helpers = [
+                    asyncio.create_task(self._refresh()),
+                    asyncio.create_task(self.notifier.run_watchdog(self.scheduler_running)),
+                ]
+                try:
+                    await runner
+                finally:
+                    self.notifier.stopping()
+                    for task in helpers:
+                        task.cancel()
+                    await asyncio.gather(*helpers, return_exceptions=True)
+                    if server is not None:
+                        await server.close()
+        except RelayError as exc:
+            self.alerts.problem("fatal", str(exc))
+            raise
+        except Exception as exc:
+            self.alerts.exception(exc)
+            raise
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            sentry.close()
+        return 0
+
+    def _reloaded(self, ok: bool) -> None:
+        assert self.relay is not None
+        if ok:
+            self.config = self.relay.config
+            if self.config.api.token:
+                sentry.scrub_secret(self.config.api.token)
+        self.notifier.ready(self._summary(0) + ("" if ok else " (reload refused)"))
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else (now - then).total_seconds()
+
+
+async def _first(wait: object, task: asyncio.Task[None]) -> None:
+    """Until the coroutine ``wait`` finishes or ``task`` ends (for example by failing)."""
+    waiter = asyncio.ensure_future(wait)  # type: ignore[call-overload]
+    await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
