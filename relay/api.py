@@ -277,7 +277,7 @@ class AatroxClient:
         if status == 400:
             return ApiBadRequest(text)
         if status == 401:
-            return ApiUnauthorized(text)
+            return ApiUnauthorized(f"{text}: the Aatrox API rejected the token")
         if status == 404:
             return ApiNotFound(text)
         if status == 429:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
+import signal
+import sys
 from pathlib import Path
 
 from relay.config import (
@@ -91,3 +95,78 @@ retry_max = "1s"
         encoding="utf-8",
     )
     return path
+
+
+class RelayProcess:
+    """``python -m relay run`` in a subprocess, its stderr drained in the background."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = env
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._started = asyncio.Event()
+        self._line = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 20.0) -> None:
+        """Start the relay and wait for its ``relay.started`` event."""
+        self._started.clear()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--config",
+            str(self.config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(self.env or {})},
+        )
+        self._reader = asyncio.create_task(self._read(self.proc))
+        await asyncio.wait_for(self._started.wait(), timeout)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            self._line.set()
+            if "relay.started" in line:
+                self._started.set()
+
+    async def wait_for_line(self, needle: str, timeout: float = 20.0) -> str:
+        """The first stderr line containing ``needle``, waiting for it if need be."""
+
+        async def find() -> str:
+            while True:
+                for line in self.lines:
+                    if needle in line:
+                        return line
+                self._line.clear()
+                await self._line.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the relay."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        if self._reader:
+            await self._reader
+
+    async def terminate(self) -> int:
+        """SIGTERM, and the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), 15)
+        if self._reader:
+            await self._reader
+        return code

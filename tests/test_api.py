@@ -195,7 +195,9 @@ async def test_token_rotation(sim: Simulator, client: AatroxClient) -> None:
     """After the API's token changes, set_token makes requests work again."""
     sim.token = "tok-ROTATED-1234"
     error = await raises(ApiUnauthorized, client.receive(OURS), "tok-ROTATED-1234")
-    assert str(error) == "GET /sms/receive: 401 Unauthorized (unauthorized)"
+    assert str(error) == (
+        "GET /sms/receive: 401 Unauthorized (unauthorized): the Aatrox API rejected the token"
+    )
     client.set_token("tok-ROTATED-1234")
     assert (await client.receive(OURS)).messages == ()
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,62 +12,9 @@ import pytest
 
 from relay.receiver import Rule, WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import KEY, NUMBERS, SENDER, TOKEN, write_config
+from tests.support import KEY, NUMBERS, SENDER, TOKEN, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio
-
-
-class RelayProcess:
-    """``python -m relay run`` in a subprocess, its stderr drained in the background."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.lines: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._started = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self, timeout: float = 20.0) -> None:
-        """Start the relay and wait for its ``relay.started`` event."""
-        self._started.clear()
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            "run",
-            "--config",
-            str(self.config),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read(self.proc))
-        await asyncio.wait_for(self._started.wait(), timeout)
-
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.lines.append(line)
-            if "relay.started" in line:
-                self._started.set()
-
-    async def kill(self) -> None:
-        """SIGKILL: no chance to clean up."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        if self._reader:
-            await self._reader
-
-    async def terminate(self) -> int:
-        """SIGTERM, and the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), 15)
-        if self._reader:
-            await self._reader
-        return code
 
 
 @pytest.fixture

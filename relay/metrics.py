@@ -1,0 +1,183 @@
+"""Prometheus metrics for ``GET /metrics``, in a registry of the relay's own.
+
+The daemon calls one method per thing that happened (:meth:`Metrics.poll`,
+:meth:`Metrics.delivery`...); :meth:`Metrics.render` produces the exposition. Nothing
+touches prometheus_client's global registry, so several relays (tests, the demo) can
+live in one process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+NAMESPACE = "aatrox_relay"
+
+DELIVERED = "delivered"
+RETRY = "retry"
+DEAD = "dead"
+#: What a delivery attempt may come to.
+DELIVERY_OUTCOMES = (DELIVERED, RETRY, DEAD)
+SENT = "sent"
+FAILED = "failed"
+#: What sending an SMS (a reply, ``POST /v1/send``) may come to.
+OUTBOUND_OUTCOMES = (SENT, FAILED)
+#: The poll outcome for a successful poll; failures use a short error kind
+#: ("unauthorized", "rate_limited", "timeout", "error"...): keep the set small and fixed.
+POLL_OK = "ok"
+
+#: Seconds from the provider receiving a message to the webhook's 2xx: a first attempt
+#: takes well under a second past the poll interval, retries can take hours.
+LATENCY_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+                   4 * 3600.0, 86400.0, float("inf"))  # fmt: skip
+_POLL_AGE = f"{NAMESPACE}_last_successful_poll_age_seconds"
+_POLL_AGE_HELP = "Seconds since the last successful poll of the number."
+
+
+class _PollAgeCollector:
+    """``last_successful_poll_age_seconds``, computed when scraped from stored timestamps."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_ok: dict[str, float] = {}
+
+    def polled_ok(self, number: str, when: float) -> None:
+        with self._lock:
+            if when >= self._last_ok.get(number, when):
+                self._last_ok[number] = when
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(_POLL_AGE, _POLL_AGE_HELP, labels=["number"])]
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            last_ok = dict(self._last_ok)
+        now = self._clock()
+        family = GaugeMetricFamily(_POLL_AGE, _POLL_AGE_HELP, labels=["number"])
+        for number, when in sorted(last_ok.items()):
+            family.add_metric([number], max(now - when, 0.0))
+        return [family]
+
+
+def _check(outcome: str, allowed: tuple[str, ...], what: str) -> None:
+    if outcome not in allowed:
+        msg = f"{what} outcome {outcome!r} is not one of {', '.join(allowed)}"
+        raise ValueError(msg)
+
+
+class Metrics:
+    """The relay's metrics; ``clock`` is monotonic (the one ``polled_ok`` times are read on)."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, process: bool = True
+    ) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self._polls = Counter(
+            "polls", "Polls of the Aatrox API, by number and outcome.",
+            ["number", "outcome"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._received = Counter(
+            "messages_received", "New inbound messages recorded, by number.",
+            ["number"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._deliveries = Counter(
+            "deliveries", "Delivery attempts, by webhook and outcome (delivered, retry, dead).",
+            ["webhook", "outcome"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._latency = Histogram(
+            "delivery_latency_seconds",
+            "Seconds from the provider receiving a message to the webhook's 2xx.",
+            ["webhook"], namespace=NAMESPACE, registry=reg, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self._pending = Gauge(
+            "deliveries_pending", "Deliveries waiting for a (next) attempt, by webhook.",
+            ["webhook"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._dead = Gauge(
+            "deliveries_dead", "Deliveries given up on and kept in the store, by webhook.",
+            ["webhook"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._oldest = Gauge(
+            "oldest_pending_delivery_age_seconds",
+            "Age of the oldest pending delivery, by webhook (0 when none is pending).",
+            ["webhook"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._outbound = Counter(
+            "outbound_sms", "SMS sent through the Aatrox API (replies), by outcome (sent, failed).",
+            ["outcome"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        for outcome in OUTBOUND_OUTCOMES:
+            self._outbound.labels(outcome)
+        self._poll_age = _PollAgeCollector(clock)
+        reg.register(self._poll_age)
+        self._webhooks: set[str] = set()
+        if process:
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+
+    def poll(self, number: str, outcome: str) -> None:
+        """One poll of ``number`` ended with ``outcome`` (:data:`POLL_OK` or an error kind)."""
+        self._polls.labels(number, outcome).inc()
+
+    def received(self, number: str, count: int = 1) -> None:
+        """``count`` new messages were recorded on ``number``."""
+        self._received.labels(number).inc(count)
+
+    def _webhook(self, webhook: str) -> None:
+        """Start every outcome of a new webhook at 0, so that rate() sees the first one."""
+        if webhook not in self._webhooks:
+            self._webhooks.add(webhook)
+            for outcome in DELIVERY_OUTCOMES:
+                self._deliveries.labels(webhook, outcome)
+
+    def delivery(self, webhook: str, outcome: str, latency: float | None = None) -> None:
+        """A delivery attempt to ``webhook`` ended with ``outcome``.
+
+        ``latency`` (seconds from the message's ``received_at`` to the 2xx) is observed
+        for delivered ones; a negative one (clocks disagree) counts as 0.
+        """
+        _check(outcome, DELIVERY_OUTCOMES, "delivery")
+        self._webhook(webhook)
+        self._deliveries.labels(webhook, outcome).inc()
+        if outcome == DELIVERED and latency is not None:
+            self._latency.labels(webhook).observe(max(latency, 0.0))
+
+    def queue(
+        self, webhook: str, pending: int, dead: int, oldest_pending_age: float | None
+    ) -> None:
+        """The store's queue for ``webhook`` now: counts and the oldest pending's age (s)."""
+        self._webhook(webhook)
+        self._pending.labels(webhook).set(pending)
+        self._dead.labels(webhook).set(dead)
+        age = 0.0 if oldest_pending_age is None else max(oldest_pending_age, 0.0)
+        self._oldest.labels(webhook).set(age)
+
+    def polled_ok(self, number: str, when_monotonic: float) -> None:
+        """``number`` was polled successfully at ``when_monotonic`` (on this object's clock)."""
+        self._poll_age.polled_ok(number, when_monotonic)
+
+    def outbound(self, outcome: str) -> None:
+        """An SMS send ended with ``outcome`` (:data:`SENT` or :data:`FAILED`)."""
+        _check(outcome, OUTBOUND_OUTCOMES, "outbound")
+        self._outbound.labels(outcome).inc()
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its content type: Prometheus text, or OpenMetrics if ``accept``
+        asks for it.
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

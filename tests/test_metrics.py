@@ -1,0 +1,195 @@
+"""The metrics, read back through prometheus_client's own parser of the exposition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.clock import FakeClock
+from relay.metrics import DEAD, DELIVERED, FAILED, POLL_OK, RETRY, SENT, Metrics
+
+NUMBER = "+61400000001"
+OTHER = "+61400000002"
+AGE = "aatrox_relay_last_successful_poll_age_seconds"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(metrics: Metrics) -> Samples:
+    """Every sample of the rendered text, keyed by name and labels."""
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample ``name`` with exactly ``labels``; KeyError when absent."""
+    return samples[(name, frozenset(labels.items()))]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A monotonic clock that moves only when told."""
+    return FakeClock()
+
+
+@pytest.fixture
+def metrics(clock: FakeClock) -> Metrics:
+    """Metrics on the fake clock, without process collectors."""
+    return Metrics(clock=clock.monotonic, process=False)
+
+
+def test_polls_are_counted_by_number_and_outcome(metrics: Metrics) -> None:
+    """poll() counts each (number, outcome) pair separately."""
+    metrics.poll(NUMBER, POLL_OK)
+    metrics.poll(NUMBER, POLL_OK)
+    metrics.poll(NUMBER, "unauthorized")
+    metrics.poll(OTHER, POLL_OK)
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_polls_total", number=NUMBER, outcome="ok") == 2
+    assert value(s, "aatrox_relay_polls_total", number=NUMBER, outcome="unauthorized") == 1
+    assert value(s, "aatrox_relay_polls_total", number=OTHER, outcome="ok") == 1
+
+
+def test_received_messages_are_counted_by_number(metrics: Metrics) -> None:
+    """received() adds its count to the number's total."""
+    metrics.received(NUMBER, 3)
+    metrics.received(NUMBER)
+    metrics.received(OTHER, 0)
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_messages_received_total", number=NUMBER) == 4
+    assert value(s, "aatrox_relay_messages_received_total", number=OTHER) == 0
+
+
+def test_deliveries_count_outcomes_and_observe_latency(metrics: Metrics) -> None:
+    """delivery() counts by webhook and outcome; only delivered ones feed the histogram."""
+    metrics.delivery("crm", DELIVERED, 0.8)
+    metrics.delivery("crm", DELIVERED, 42.0)
+    metrics.delivery("crm", RETRY, None)
+    metrics.delivery("crm", DEAD, 99.0)
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_deliveries_total", webhook="crm", outcome="delivered") == 2
+    assert value(s, "aatrox_relay_deliveries_total", webhook="crm", outcome="retry") == 1
+    assert value(s, "aatrox_relay_deliveries_total", webhook="crm", outcome="dead") == 1
+    assert value(s, "aatrox_relay_delivery_latency_seconds_count", webhook="crm") == 2
+    assert value(s, "aatrox_relay_delivery_latency_seconds_sum", webhook="crm") == 42.8
+    assert value(s, "aatrox_relay_delivery_latency_seconds_bucket", webhook="crm", le="1.0") == 1
+    assert value(s, "aatrox_relay_delivery_latency_seconds_bucket", webhook="crm", le="60.0") == 2
+
+
+def test_a_new_webhook_starts_every_outcome_at_zero(metrics: Metrics) -> None:
+    """The first delivery of a webhook exposes its other outcomes as 0, so rate() sees them."""
+    metrics.delivery("crm", RETRY)
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_deliveries_total", webhook="crm", outcome="delivered") == 0
+    assert value(s, "aatrox_relay_deliveries_total", webhook="crm", outcome="dead") == 0
+
+
+def test_negative_latency_counts_as_zero(metrics: Metrics) -> None:
+    """A provider clock ahead of ours gives no negative latency."""
+    metrics.delivery("crm", DELIVERED, -3.0)
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_delivery_latency_seconds_sum", webhook="crm") == 0
+
+
+def test_unknown_outcomes_are_refused(metrics: Metrics) -> None:
+    """Delivery and outbound outcomes are a fixed set: a typo is an error, not a new series."""
+    with pytest.raises(ValueError, match="delivery outcome 'ok'"):
+        metrics.delivery("crm", "ok")
+    with pytest.raises(ValueError, match="outbound outcome 'delivered'"):
+        metrics.outbound("delivered")
+
+
+def test_queue_gauges_follow_the_last_report(metrics: Metrics) -> None:
+    """queue() sets pending, dead and oldest-pending age; None age reads 0."""
+    metrics.queue("crm", pending=5, dead=1, oldest_pending_age=12.5)
+    metrics.queue("erp", pending=7, dead=0, oldest_pending_age=3.0)
+    metrics.queue("erp", pending=0, dead=2, oldest_pending_age=None)
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_deliveries_pending", webhook="crm") == 5
+    assert value(s, "aatrox_relay_deliveries_dead", webhook="crm") == 1
+    assert value(s, "aatrox_relay_oldest_pending_delivery_age_seconds", webhook="crm") == 12.5
+    assert value(s, "aatrox_relay_deliveries_pending", webhook="erp") == 0
+    assert value(s, "aatrox_relay_deliveries_dead", webhook="erp") == 2
+    assert value(s, "aatrox_relay_oldest_pending_delivery_age_seconds", webhook="erp") == 0
+
+
+def test_poll_age_is_computed_when_scraped(metrics: Metrics, clock: FakeClock) -> None:
+    """Seconds since the last successful poll grow with the clock between scrapes."""
+    metrics.polled_ok(NUMBER, clock.monotonic())
+    clock.advance(4)
+    metrics.polled_ok(OTHER, clock.monotonic())
+    clock.advance(3)
+    s = scrape(metrics)
+    assert value(s, AGE, number=NUMBER) == 7
+    assert value(s, AGE, number=OTHER) == 3
+    clock.advance(10)
+    later = scrape(metrics)
+    assert value(later, AGE, number=NUMBER) == 17
+    metrics.polled_ok(NUMBER, clock.monotonic())
+    fresh = scrape(metrics)
+    assert value(fresh, AGE, number=NUMBER) == 0
+
+
+def test_poll_age_ignores_an_older_report(metrics: Metrics, clock: FakeClock) -> None:
+    """A success reported late (an older timestamp) does not make the age jump back up."""
+    metrics.polled_ok(NUMBER, clock.monotonic())
+    metrics.polled_ok(NUMBER, clock.monotonic() - 60)
+    clock.advance(1)
+    assert value(scrape(metrics), AGE, number=NUMBER) == 1
+
+
+def test_a_number_never_polled_ok_has_no_poll_age(metrics: Metrics) -> None:
+    """Only numbers that were polled successfully at least once have an age."""
+    metrics.poll(NUMBER, "unauthorized")
+    names = {name for name, _ in scrape(metrics)}
+    assert AGE not in names
+
+
+def test_outbound_sms_are_counted_by_outcome(metrics: Metrics) -> None:
+    """outbound() counts sent and failed SMS; both series exist from the start."""
+    assert value(scrape(metrics), "aatrox_relay_outbound_sms_total", outcome="failed") == 0
+    metrics.outbound(SENT)
+    metrics.outbound(SENT)
+    metrics.outbound(FAILED)
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_outbound_sms_total", outcome="sent") == 2
+    assert value(s, "aatrox_relay_outbound_sms_total", outcome="failed") == 1
+
+
+def test_each_metrics_has_its_own_registry() -> None:
+    """Two Metrics never share series, and nothing lands in prometheus_client's global registry."""
+    one, two = Metrics(process=False), Metrics(process=False)
+    one.poll(NUMBER, POLL_OK)
+    assert ("aatrox_relay_polls_total", frozenset({("number", NUMBER), ("outcome", "ok")})) in (
+        scrape(one)
+    )
+    assert "aatrox_relay_polls_total" not in {name for name, _ in scrape(two)}
+    assert REGISTRY.get_sample_value("aatrox_relay_polls_total", {"number": NUMBER}) is None
+    assert one.registry is not REGISTRY
+
+
+def test_process_metrics_are_included_by_default() -> None:
+    """The default Metrics also exposes the process's own metrics (memory, CPU, fds)."""
+    s = scrape(Metrics())
+    resident = value(s, "process_resident_memory_bytes")
+    assert resident > 0
+    assert not math.isnan(resident)
+
+
+def test_render_speaks_openmetrics_when_asked(metrics: Metrics) -> None:
+    """An Accept of application/openmetrics-text gets OpenMetrics, ending with # EOF."""
+    metrics.poll(NUMBER, POLL_OK)
+    body, content_type = metrics.render("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+    plain, plain_type = metrics.render()
+    assert plain_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert b"# EOF" not in plain
