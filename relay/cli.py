@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop after N seconds; exit 0 if every message was delivered",
     )
+    _add_admin_commands(sub)
     return parser
 
 
@@ -109,6 +110,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from relay.demo import demo
 
         return asyncio.run(demo(args.seconds))
+    if command in ADMIN_COMMANDS:
+        return _admin(_load(args), args)
     raise AssertionError(command)  # argparse only accepts the commands above
 
 
@@ -176,3 +179,147 @@ async def _check_online(config: Config) -> list[str]:
             else:
                 print(f"webhook {hook.name}: reachable (HEAD answered {response.status_code})")
     return problems
+
+
+# --- the operator's commands (relay.admin) -----------------------------------------
+
+ADMIN_COMMANDS = ("status", "deliveries", "prune", "send", "messages")
+
+STATUS_EPILOG = """\
+Exit 0 whenever the store can be read, even with failing numbers or dead
+deliveries (read the output for those); 1 when it cannot be read.
+
+--json prints one object. Times are ISO 8601 UTC strings or null, numbers are
+masked unless log.pii; keys may be added, never renamed or removed:
+  {"now": T,
+   "numbers": [{"number", "last_poll_at", "last_success_at",
+                "consecutive_failures", "last_error",
+                "lease_owner", "lease_expires_at"}],
+   "webhooks": [{"name", "configured", "pending", "delivered", "dead",
+                 "oldest_pending_at", "last_error", "last_error_at"}],
+   "outbound": {"pending", "sent", "failed"}}
+A lease is shown only while unexpired; a number never polled has nulls.
+"""
+
+LIST_EPILOG = """\
+Newest first. Message and reply texts are never printed.
+
+--json prints one object (times ISO 8601 UTC or null; keys may be added):
+  {"now": T,
+   "deliveries": [{"id", "webhook", "state", "attempts", "webhook_id", "number",
+                   "provider_id", "queued_at", "next_attempt_at",
+                   "last_attempt_at", "delivered_at", "last_status",
+                   "last_error",
+                   "reply": null | {"id", "state", "provider_ids": [str]}}]}
+"""
+
+REPLAY_EPILOG = """\
+Each delivery becomes pending and due now; its give-up window restarts, its
+attempts count and its webhook-id are kept (receivers see the same id). A
+delivered one is sent again: a deliberate re-send. An unknown id changes
+nothing and exits 2. A running relay picks them up within 5 s.
+"""
+
+
+def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """status, deliveries list|replay, prune, send and messages show."""
+    raw = argparse.RawDescriptionHelpFormatter
+    status = sub.add_parser(
+        "status",
+        help="numbers, webhooks and outbound SMS as the store sees them",
+        description="Show each number's polls and lease, each webhook's queue, and outbound SMS.",
+        epilog=STATUS_EPILOG,
+        formatter_class=raw,
+    )
+    _add_config(status)
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+    deliveries = sub.add_parser("deliveries", help="list deliveries, or replay them")
+    actions = deliveries.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser(
+        "list", help="the latest deliveries", epilog=LIST_EPILOG, formatter_class=raw
+    )
+    _add_config(listing)
+    listing.add_argument("--state", choices=("pending", "dead", "delivered"))
+    listing.add_argument("--webhook", metavar="NAME", help="only deliveries to this webhook")
+    listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
+    listing.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    replay = actions.add_parser(
+        "replay",
+        help="make deliveries pending again now",
+        usage="%(prog)s [--config PATH] (ID [ID ...] | --dead [--webhook NAME] [--since DURATION])",
+        epilog=REPLAY_EPILOG,
+        formatter_class=raw,
+    )
+    _add_config(replay)
+    replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="delivery ids")
+    replay.add_argument("--dead", action="store_true", help="every dead delivery (filtered below)")
+    replay.add_argument("--webhook", metavar="NAME", help="with --dead: only to this webhook")
+    replay.add_argument(
+        "--since", metavar="DURATION", help="with --dead: last attempt within this (e.g. 2h)"
+    )
+
+    prune = sub.add_parser("prune", help="delete settled messages older than store.retention")
+    _add_config(prune)
+
+    send = sub.add_parser(
+        "send",
+        help="send an SMS now, straight through the API",
+        description="Send one SMS through the Aatrox API (not through the store's queue) and "
+        "print the provider's id(s), one per line. One --to uses /sms/send (or "
+        "/sms/send/disclaimer); several use one /sms/send/bulk request, which has no "
+        "disclaimer variant, so --disclaimer takes a single --to. Exit 1 on an API error.",
+    )
+    _add_config(send)
+    send.add_argument("--from", dest="sender", required=True, metavar="NUMBER")
+    send.add_argument("--to", action="append", required=True, metavar="NUMBER")
+    send.add_argument("--text", required=True)
+    send.add_argument(
+        "--disclaimer", action="store_true", help="append the sender's disclaimer (one --to only)"
+    )
+
+    messages = sub.add_parser("messages", help="look up a message in the API")
+    message_actions = messages.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = message_actions.add_parser(
+        "show",
+        help="one message from the details endpoint",
+        description="Print one message, its numbers and text in full: for your terminal, "
+        "not for a log.",
+    )
+    _add_config(show)
+    show.add_argument("id", metavar="ID", help="the provider's message id")
+    show.add_argument("--number", metavar="NUMBER", help="the number it was received on")
+    show.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+
+def _admin(config: Config, args: argparse.Namespace) -> int:
+    from relay import admin
+    from relay.config import parse_duration
+
+    command: str = args.command
+    if command == "status":
+        out = admin.status_report(config, as_json=args.json)
+    elif command == "deliveries" and args.action == "list":
+        out = admin.deliveries_report(
+            config, state=args.state, webhook=args.webhook, limit=args.limit, as_json=args.json
+        )
+    elif command == "deliveries":
+        since = None if args.since is None else parse_duration(args.since, "--since")
+        out = admin.replay_report(
+            config, args.ids, dead=args.dead, webhook=args.webhook, since=since
+        )
+    elif command == "prune":
+        out = admin.prune_report(config)
+    elif command == "send":
+        out = asyncio.run(
+            admin.send_report(config, args.sender, args.to, args.text, disclaimer=args.disclaimer)
+        )
+        if not out:
+            print("sent; the provider answered no id", file=sys.stderr)
+    else:
+        out = asyncio.run(
+            admin.message_report(config, args.id, number=args.number, as_json=args.json)
+        )
+    if out:
+        print(out)
+    return EXIT_OK

@@ -28,3 +28,6 @@ class Events:
 
     def store_failed(self, error: str) -> None:
         """A store call failed."""
+
+    def unexpected(self, exc: BaseException) -> None:
+        """Something raised that nothing expected: a bug to report."""

@@ -102,6 +102,13 @@ class Scheduler:
             self._running.add(task)
         try:
             await self.poller.poll(number)
+        except Exception as exc:  # a bug: report it, keep the job scheduled
+            log.error(
+                "relay.poll.crashed",
+                exc_info=True,
+                extra=fields(error=f"{type(exc).__name__}: {exc}"[:300]),
+            )
+            self.poller.events.unexpected(exc)
         finally:
             if task is not None:
                 self._running.discard(task)

@@ -101,6 +101,10 @@ class Telemetry(Events):
         if outcome in (SENT, FAILED):
             self.metrics.outbound(outcome)
 
+    def unexpected(self, exc: BaseException) -> None:
+        """Report a bug to Sentry (scrubbed, without local variables)."""
+        self.alerts.exception(exc)
+
     def store_failed(self, error: str) -> None:
         """A store error is reported once until the store answers again."""
         self.alerts.problem("store_error", f"The relay's store failed: {error}")

@@ -86,12 +86,19 @@ class Worker(ABC, Generic[ItemT]):
     async def _guarded(self, item: ItemT) -> None:
         try:
             await self.process(item)
+        except Exception as exc:  # a bug: the claim lapses and the item is tried again
+            log.error(
+                f"relay.{self.name}.crashed",
+                exc_info=True,
+                extra=fields(id=item.id, error=f"{type(exc).__name__}: {exc}"[:300]),
+            )
         finally:
             self._inflight.pop(item.id, None)
             self._wake.set()
 
     async def run(self) -> None:
         """Process until :meth:`drain`."""
+        self._stopping = False
         while not self._stopping:
             self._wake.clear()
             wait: float | None

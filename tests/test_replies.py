@@ -1,0 +1,174 @@
+"""Two-way messaging: a webhook's ``{"reply": ...}`` becomes exactly one SMS to the sender."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from relay.daemon import Relay
+from relay.receiver import Rule, WebhookReceiver
+from relay.simulator import Fault, Simulator
+from tests.support import KEY, NUMBERS, SENDER, TOKEN, RelayProcess, relay_config, write_config
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """The simulator, which records what it was asked to send."""
+    async with Simulator(token=TOKEN) as s:
+        yield s
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver on loopback."""
+    async with WebhookReceiver(KEY) as r:
+        yield r
+
+
+def reply(body: object, times: int | None = None) -> Rule:
+    """A 200 answer carrying ``body`` as JSON."""
+    return Rule(status=200, body=json.dumps(body).encode(), times=times)
+
+
+async def until_sent(sim: Simulator, count: int, timeout: float = 15.0) -> None:
+    """Wait until the simulator has been asked to send ``count`` SMS."""
+    async with asyncio.timeout(timeout):
+        while len(sim.sent) < count:
+            await asyncio.sleep(0.05)
+
+
+async def run_for_replies(relay: Relay, sim: Simulator, count: int) -> None:
+    """Run the relay until ``count`` sends reached the simulator, then a little longer."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await until_sent(sim, count)
+        polls = sim.requests["receive"]
+        while sim.requests["receive"] < polls + 4:  # time for a wrong second reply to show
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.mark.parametrize(
+    "body", [{"reply": "Thanks, see you at 3"}, {"reply": {"text": "Thanks, see you at 3"}}]
+)
+async def test_reply_becomes_one_sms(sim: Simulator, receiver: WebhookReceiver,
+                                     sqlite_url: str, body: dict[str, object]) -> None:
+    """Both reply shapes send one SMS from the configured number to the original sender."""
+    receiver.respond(reply(body))
+    sim.inject(SENDER, NUMBERS[0], "Can I book for 3pm?")
+    async with Relay(relay_config(sim.url, receiver.url, sqlite_url)) as relay:
+        await run_for_replies(relay, sim, 1)
+    assert [(s.endpoint, s.sender, list(s.recipients), s.text) for s in sim.sent] == [
+        ("send", NUMBERS[0], [SENDER], "Thanks, see you at 3")
+    ]
+
+
+async def test_disclaimer_numbers_reply_through_disclaimer(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """A number with disclaimer = true replies through /sms/send/disclaimer."""
+    receiver.respond(reply({"reply": "Noted"}))
+    config = relay_config(sim.url, receiver.url, sqlite_url, numbers=NUMBERS[:1])
+    config = dataclasses.replace(
+        config, numbers=(dataclasses.replace(config.numbers[0], disclaimer=True),)
+    )
+    sim.inject(SENDER, NUMBERS[0], "hi")
+    async with Relay(config) as relay:
+        await run_for_replies(relay, sim, 1)
+    assert [s.endpoint for s in sim.sent] == ["send_disclaimer"]
+
+
+async def test_reply_after_failed_attempts_is_sent_once(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """A webhook that fails twice, then replies on every later attempt, causes one SMS."""
+    receiver.respond(Rule(status=500, times=2))
+    receiver.respond(reply({"reply": "Got it"}))
+    sim.inject(SENDER, NUMBERS[0], "hello")
+    config = relay_config(sim.url, receiver.url, sqlite_url, retry_initial=0.1, retry_max=0.2)
+    async with Relay(config) as relay:
+        await run_for_replies(relay, sim, 1)
+    assert len(sim.sent) == 1
+    assert len([d for d in receiver.deliveries if d.verified]) == 3
+
+
+async def test_api_errors_are_retried_and_400_is_final(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """A 503 from /sms/send is retried until it goes through; a 400 gives up at once."""
+    receiver.respond(reply({"reply": "first"}, times=1))
+    receiver.respond(reply({"reply": "second"}, times=1))
+    sim.add_fault(Fault(status=503, count=2, path="/api/v2/sms/send"))
+    sim.inject(SENDER, NUMBERS[0], "one")
+    config = relay_config(sim.url, receiver.url, sqlite_url, numbers=NUMBERS[:1])
+    async with Relay(config) as relay:
+        relay.outbox.backoff = dataclasses.replace(relay.outbox.backoff, initial=0.1,
+                                                   maximum=0.2)
+        await run_for_replies(relay, sim, 1)
+        sim.add_fault(Fault(status=400, count=1, path="/api/v2/sms/send"))
+        sim.inject(SENDER, NUMBERS[0], "two")
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        async with asyncio.timeout(15):
+            while sim.pending_faults or sim.requests["send"] < 4:
+                await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        from relay import outbox
+
+        counts = await relay.store.call(outbox.counts, relay.store.sync)
+    assert [s.text for s in sim.sent] == ["first"]
+    assert counts == {"pending": 0, "sent": 1, "failed": 1}
+
+
+async def test_a_non_reply_answer_sends_nothing(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """Empty, non-JSON, or reply-less 2xx bodies, and an empty reply, send no SMS."""
+    for body in (b"", b"ok", b'{"status": "received"}', b'{"reply": ""}', b'{"reply": 42}'):
+        receiver.respond(Rule(status=200, body=body, times=1))
+    for i in range(5):
+        sim.inject(SENDER, NUMBERS[0], f"m{i}")
+    config = relay_config(sim.url, receiver.url, sqlite_url, numbers=NUMBERS[:1])
+    async with Relay(config) as relay:
+        summary = await relay.poll_once()
+    assert summary.counts["delivered"] == 5
+    assert sim.sent == []
+
+
+async def test_reply_survives_sigkill(
+    sim: Simulator, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Killed after the webhook replied: after restart, exactly one SMS per message."""
+    receiver.respond(reply({"reply": "auto-reply"}))
+    config = write_config(tmp_path / "relay.toml", sim.url, receiver.url,
+                          f"sqlite:///{tmp_path / 'relay.db'}")
+    sim.add_fault(Fault(status=0, delay=30.0, count=1000, path="/api/v2/sms/send"))  # hangs
+    relay = RelayProcess(config)
+    await relay.start()
+    for i in range(3):
+        sim.inject(SENDER, NUMBERS[i % 2], f"m{i}")
+    await receiver.wait_for(3, timeout=20)
+    while sim.requests["send"] < 1:  # the first reply is on its way to a hung API
+        await asyncio.sleep(0.05)
+    await relay.kill()
+    sim.clear_faults()
+    await relay.start()
+    await until_sent(sim, 3, timeout=30)
+    polls = sim.requests["receive"]
+    while sim.requests["receive"] < polls + 6:
+        await asyncio.sleep(0.05)
+    assert await relay.terminate() == 0
+    assert sorted((s.sender, tuple(s.recipients)) for s in sim.sent) == sorted(
+        (NUMBERS[i % 2], (SENDER,)) for i in range(3)
+    )
