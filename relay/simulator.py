@@ -235,6 +235,8 @@ class Simulator:
         #: API requests by endpoint: receive, details, send, send_disclaimer, send_bulk,
         #: unknown.
         self.requests: Counter[str] = Counter()
+        #: Receive requests per ``to`` as the client spelled it, for per-number poll rates.
+        self.polls: Counter[str] = Counter()
 
     # --- settings ----------------------------------------------------------
 
@@ -381,6 +383,7 @@ class Simulator:
             )
         try:
             if endpoint == "receive":
+                self.polls[request.query.get("to", "")] += 1
                 return self._receive(request)
             if endpoint == "details":
                 return self._details(path[len(API_PREFIX) + len("/sms/") :])
@@ -514,6 +517,7 @@ class Simulator:
             return json_response(
                 {
                     "requests": dict(self.requests),
+                    "polls": dict(self.polls),
                     "messages": len(self._messages),
                     "sent": len(self.sent),
                     "faults": self.pending_faults,

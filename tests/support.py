@@ -65,9 +65,11 @@ def write_config(
     *,
     extra: str = "",
     interval: str = "200ms",
+    numbers: tuple[str, ...] = NUMBERS,
+    store_extra: str = "",
 ) -> Path:
     """The same kind of config as TOML, for subprocess tests of the real command."""
-    numbers = "".join(f'\n[[numbers]]\nnumber = "{n}"\n' for n in NUMBERS)
+    entries = "".join(f'\n[[numbers]]\nnumber = "{n}"\n' for n in numbers)
     path.write_text(
         f"""
 [api]
@@ -77,12 +79,13 @@ timeout = "2s"
 
 [store]
 url = "{store_url}"
+{store_extra}
 
 [poll]
 interval = "{interval}"
 jitter = 0
 backfill = "all"
-{numbers}
+{entries}
 [[webhooks]]
 name = "hook"
 url = "{hook_url}"
