@@ -427,7 +427,7 @@ def replay_report(
     unknown = sorted(done.webhooks - {h.name for h in config.webhooks})
     if unknown:
         lines.append(f"not in the config, so no relay will send them: {', '.join(unknown)}")
-    elif done.queued:
+    if done.webhooks - set(unknown):
         lines.append(f"a running relay picks them up within {IDLE_RECHECK:g}s")
     return "\n".join(lines)
 

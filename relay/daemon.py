@@ -178,6 +178,9 @@ class Relay:
             None, lambda: Store.open(config.store.url, self.clock, lease=config.store.lease)
         )
         self._store = AsyncStore(sync)
+        if self._lock is not None:
+            # Alone on this store: a killed predecessor's leases and claims need not lapse.
+            await self._store.call(sync.reset_ownership)
         self._api = AatroxClient(config.api, max_connections=config.poll.concurrency + 4)
         self._outbox = Outbox(self._store, self._api, self.clock, self.jitter, events=self.events)
         self._dispatcher = Dispatcher(

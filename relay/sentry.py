@@ -218,7 +218,14 @@ def _scrub_span(span: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def scrub_breadcrumb(crumb: Breadcrumb, hint: BreadcrumbHint | None = None) -> Breadcrumb:
-    """``before_breadcrumb``: the breadcrumb, scrubbed."""
+    """``before_breadcrumb``: the breadcrumb, scrubbed.
+
+    A log record becomes its template only (the relay's event name): its
+    arguments and structured fields never leave the process.
+    """
+    record = (hint or {}).get("log_record")
+    if isinstance(record, logging.LogRecord):
+        crumb = {**crumb, "message": scrub_text(str(record.msg)), "data": {}}
     return _scrub_crumb(crumb)
 
 

@@ -45,9 +45,11 @@ from relay.schema import (
     DeliveryState,
     UtcDateTime,
     deliveries,
+    leases,
     messages,
     numbers,
     outbound,
+    relays,
 )
 
 #: At most this many ids go into one ``IN (...)`` lookup.
@@ -422,6 +424,20 @@ class Store:
                         )
                         .on_conflict_do_nothing(index_elements=[outbound.c.delivery_id])
                     )
+
+    def reset_ownership(self) -> None:
+        """Forget every relay, lease and claim: only when no other relay can be running
+        (SQLite, under the instance lock), so a restart does not wait for a killed
+        process's leases and claims to lapse."""
+        with self.engine.begin() as conn:
+            for table in (deliveries, outbound):
+                conn.execute(
+                    table.update()
+                    .where(table.c.claimed_by.is_not(None))
+                    .values(claimed_by=None, claim_expires_at=None)
+                )
+            conn.execute(leases.update().values(owner=None, expires_at=None))
+            conn.execute(relays.delete())
 
     def release_claims(self) -> int:
         """Give up this relay's claims (at shutdown), so the work is due again at once."""

@@ -77,7 +77,7 @@ async def test_repeated_kills_during_traffic_lose_nothing(
     rng = random.Random(int(os.environ.get("RELAY_TEST_SEED", "7")))
     relay = RelayProcess(config)
     injected = []
-    for _round in range(4):
+    for _round in range(10):  # at least ten kills during traffic
         await relay.start()
         for _ in range(rng.randint(3, 8)):
             injected.append(sim.inject(SENDER, rng.choice(NUMBERS), "traffic"))

@@ -410,6 +410,7 @@ async def test_control_endpoints(sim: Simulator) -> None:
         stats = (await control.get("/_sim/stats")).json()
         assert stats == {
             "requests": {"receive": 1, "send": 1},
+            "polls": {OURS: 1},
             "messages": 1,
             "sent": 1,
             "faults": 0,
