@@ -61,8 +61,9 @@ async def run_for_replies(relay: Relay, sim: Simulator, count: int) -> None:
 @pytest.mark.parametrize(
     "body", [{"reply": "Thanks, see you at 3"}, {"reply": {"text": "Thanks, see you at 3"}}]
 )
-async def test_reply_becomes_one_sms(sim: Simulator, receiver: WebhookReceiver,
-                                     sqlite_url: str, body: dict[str, object]) -> None:
+async def test_reply_becomes_one_sms(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str, body: dict[str, object]
+) -> None:
     """Both reply shapes send one SMS from the configured number to the original sender."""
     receiver.respond(reply(body))
     sim.inject(SENDER, NUMBERS[0], "Can I book for 3pm?")
@@ -112,8 +113,7 @@ async def test_api_errors_are_retried_and_400_is_final(
     sim.inject(SENDER, NUMBERS[0], "one")
     config = relay_config(sim.url, receiver.url, sqlite_url, numbers=NUMBERS[:1])
     async with Relay(config) as relay:
-        relay.outbox.backoff = dataclasses.replace(relay.outbox.backoff, initial=0.1,
-                                                   maximum=0.2)
+        relay.outbox.backoff = dataclasses.replace(relay.outbox.backoff, initial=0.1, maximum=0.2)
         await run_for_replies(relay, sim, 1)
         sim.add_fault(Fault(status=400, count=1, path="/api/v2/sms/send"))
         sim.inject(SENDER, NUMBERS[0], "two")
@@ -151,8 +151,9 @@ async def test_reply_survives_sigkill(
 ) -> None:
     """Killed after the webhook replied: after restart, exactly one SMS per message."""
     receiver.respond(reply({"reply": "auto-reply"}))
-    config = write_config(tmp_path / "relay.toml", sim.url, receiver.url,
-                          f"sqlite:///{tmp_path / 'relay.db'}")
+    config = write_config(
+        tmp_path / "relay.toml", sim.url, receiver.url, f"sqlite:///{tmp_path / 'relay.db'}"
+    )
     sim.add_fault(Fault(status=0, delay=30.0, count=1000, path="/api/v2/sms/send"))  # hangs
     relay = RelayProcess(config)
     await relay.start()
