@@ -152,7 +152,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def create_engine(url: str) -> Engine:
-    """An engine for ``url``, tuned for the relay (WAL and foreign keys on SQLite)."""
+    """An engine for ``url``, tuned for the relay (WAL and foreign keys on SQLite).
+
+    ``postgresql://`` and ``postgres://`` mean psycopg 3, the driver the relay ships with.
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix) :]
     try:
         engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     except (sa.exc.ArgumentError, ImportError) as exc:
