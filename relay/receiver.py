@@ -13,10 +13,9 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 from relay.errors import SignatureError
-from relay.httpserver import DEFAULT_HOST, HttpServer, Request, Response
+from relay.httpserver import Request, Response, Served
 from relay.signing import verify
 
 DEFAULT_WAIT_TIMEOUT = 10.0
@@ -79,7 +78,7 @@ class _Waiter:
         self.future = future
 
 
-class WebhookReceiver:
+class WebhookReceiver(Served):
     """An HTTP server that accepts Standard Webhooks signed with ``secret``."""
 
     def __init__(
@@ -88,7 +87,6 @@ class WebhookReceiver:
         self._secret = secret
         self._on_delivery = on_delivery
         self._rules: list[_PendingRule] = []
-        self._server: HttpServer | None = None
         self._verified_ids: set[str] = set()
         self._accepted_ids: set[str] = set()
         self._waiters: list[_Waiter] = []
@@ -142,38 +140,6 @@ class WebhookReceiver:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-
-    @property
-    def url(self) -> str:
-        """The base URL; any path is accepted."""
-        if self._server is None:
-            msg = "the receiver is not started"
-            raise RuntimeError(msg)
-        return self._server.url
-
-    async def start(self, host: str = DEFAULT_HOST, port: int = 0) -> None:
-        """Listen on ``host``:``port`` (0 picks a free port)."""
-        if self._server is None:
-            self._server = HttpServer(self._handle, host, port)
-            await self._server.start()
-
-    async def close(self) -> None:
-        """Stop listening and drop open connections."""
-        if self._server is not None:
-            await self._server.close()
-            self._server = None
-
-    async def __aenter__(self) -> WebhookReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- internals -------------------------------------------------------
 

@@ -40,14 +40,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import phonenumbers
 
 from relay.clock import Clock, SystemClock
 from relay.errors import ApiInvalidResponse, InvalidNumber
-from relay.httpserver import DEFAULT_HOST, HttpServer, Request, Response, json_response
+from relay.httpserver import DEFAULT_HOST, Request, Response, Served, json_response
 from relay.inbound import parse_timestamp
 from relay.phone import normalise
 
@@ -206,7 +205,7 @@ class _PendingFault:
         self.remaining = fault.count
 
 
-class Simulator:
+class Simulator(Served):
     """The Aatrox API v2, in memory, over real loopback HTTP."""
 
     def __init__(
@@ -229,7 +228,6 @@ class Simulator:
         self._faults: list[_PendingFault] = []
         # Serialised listings by recipient, then by sender filter (None: no filter).
         self._cache: dict[str, dict[str | None, bytes]] = {}
-        self._server: HttpServer | None = None
         #: Every send, send-disclaimer and send-bulk request accepted, oldest first.
         self.sent: list[SentRecord] = []
         #: API requests by endpoint: receive, details, send, send_disclaimer, send_bulk,
@@ -269,14 +267,6 @@ class Simulator:
     def listing_limit(self, limit: int) -> None:
         self._listing_limit = limit
         self._invalidate()
-
-    @property
-    def url(self) -> str:
-        """The base URL (without /api/v2)."""
-        if self._server is None:
-            msg = "the simulator is not started"
-            raise RuntimeError(msg)
-        return self._server.url
 
     # --- test interface --------------------------------------------------
 
@@ -330,30 +320,6 @@ class Simulator:
         return sum(pending.remaining for pending in self._faults)
 
     # --- lifecycle -------------------------------------------------------
-
-    async def start(self, host: str = DEFAULT_HOST, port: int = 0) -> None:
-        """Listen on ``host``:``port`` (0 picks a free port)."""
-        if self._server is None:
-            self._server = HttpServer(self._handle, host, port)
-            await self._server.start()
-
-    async def close(self) -> None:
-        """Stop listening and drop open connections."""
-        if self._server is not None:
-            await self._server.close()
-            self._server = None
-
-    async def __aenter__(self) -> Simulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- HTTP ------------------------------------------------------------
 

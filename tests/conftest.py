@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from relay.clock import FakeClock
+from relay.receiver import WebhookReceiver
+from relay.simulator import Simulator
+from tests.support import KEY, TOKEN
 
 PG_URL = os.environ.get("RELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -73,3 +76,25 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """Each store test runs on a SQLite file and on PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """The project's Aatrox API simulator on loopback, accepting TOKEN."""
+    async with Simulator(token=TOKEN) as s:
+        yield s
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver on loopback that verifies signatures made with KEY."""
+    async with WebhookReceiver(KEY) as r:
+        yield r
+
+
+@pytest.fixture
+async def peers(
+    sim: Simulator, receiver: WebhookReceiver
+) -> AsyncIterator[tuple[Simulator, WebhookReceiver]]:
+    """The simulator and the receiver together."""
+    yield sim, receiver

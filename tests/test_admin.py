@@ -21,7 +21,7 @@ from relay.receiver import Rule, WebhookReceiver
 from relay.schema import deliveries, messages
 from relay.simulator import Fault, Simulator
 from relay.store import Outcome, Reply, Store
-from tests.support import KEY, NUMBERS, SENDER, TOKEN, write_config
+from tests.support import NUMBERS, SENDER, TOKEN, write_config
 
 #: Nothing listens here: store-only commands never reach it.
 NOWHERE = "http://127.0.0.1:9"
@@ -105,13 +105,6 @@ def _row(store: Store, delivery_id: int) -> sa.Row[tuple[object, ...]]:
 
 
 # --- status ------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[tuple[Simulator, WebhookReceiver]]:
-    """A simulator and a receiver on loopback."""
-    async with Simulator(token=TOKEN) as sim, WebhookReceiver(KEY) as receiver:
-        yield sim, receiver
 
 
 @pytest.mark.anyio

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from relay import __version__
 from relay.cli import main
 from relay.receiver import WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import KEY, NUMBERS, SECRET, SENDER, TOKEN, write_config
+from tests.support import NUMBERS, SECRET, SENDER, TOKEN, write_config
 
 COMMANDS = ["run", "check", "poll-once", "simulate", "demo"]
 
@@ -90,13 +89,6 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     """A config path that does not exist is named in a one-line error."""
     assert main(["check", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml" in capsys.readouterr().err
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[tuple[Simulator, WebhookReceiver]]:
-    """A simulator and a receiver on loopback."""
-    async with Simulator(token=TOKEN) as sim, WebhookReceiver(KEY) as receiver:
-        yield sim, receiver
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:

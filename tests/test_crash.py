@@ -5,30 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from relay.receiver import Rule, WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import KEY, NUMBERS, SENDER, TOKEN, RelayProcess, write_config
+from tests.support import NUMBERS, SENDER, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    """The simulator, in this process, on loopback."""
-    async with Simulator(token=TOKEN) as s:
-        yield s
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """The webhook receiver, in this process, on loopback."""
-    async with WebhookReceiver(KEY) as r:
-        yield r
 
 
 def _ids_by_message(receiver: WebhookReceiver) -> dict[tuple[str, str], set[str]]:

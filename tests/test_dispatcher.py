@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -38,13 +38,6 @@ def store(sqlite_url: str, now_clock: FakeClock) -> Iterator[AsyncStore]:
     s = AsyncStore(Store.open(sqlite_url, now_clock))
     yield s
     s.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """A real webhook receiver on loopback that verifies our signatures."""
-    async with WebhookReceiver(KEY) as r:
-        yield r
 
 
 def hook(url: str, **overrides: object) -> WebhookConfig:

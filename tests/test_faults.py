@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import pytest
@@ -20,25 +20,11 @@ from relay.retry import NoJitter
 from relay.schema import DELIVERED
 from relay.simulator import Fault, Simulator
 from relay.store import AsyncStore, Store
-from tests.support import KEY, NUMBERS, SENDER, TOKEN, relay_config
+from tests.support import NUMBERS, SENDER, TOKEN, relay_config
 
 pytestmark = pytest.mark.anyio
 
 HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    """The simulator on loopback."""
-    async with Simulator(token=TOKEN) as s:
-        yield s
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """A webhook receiver on loopback."""
-    async with WebhookReceiver(KEY) as r:
-        yield r
 
 
 API_FAULTS = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from itertools import cycle, islice
 
@@ -15,7 +14,7 @@ from relay.config import Backfill
 from relay.daemon import Relay
 from relay.receiver import Rule, WebhookReceiver
 from relay.simulator import Simulator, WireFormat
-from tests.support import KEY, NUMBERS, SECRET, SENDER, TOKEN, relay_config
+from tests.support import NUMBERS, SECRET, SENDER, relay_config
 
 pytestmark = pytest.mark.anyio
 
@@ -36,20 +35,6 @@ def _variants() -> list[WireFormat]:
     longest = max(len(v) for v in axes.values())
     columns = {k: list(islice(cycle(v), longest + 1)) for k, v in axes.items()}
     return [WireFormat(**{k: columns[k][i] for k in axes}) for i in range(longest + 1)]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    """The project's Aatrox API simulator on loopback."""
-    async with Simulator(token=TOKEN) as s:
-        yield s
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """A webhook receiver on loopback that verifies signatures."""
-    async with WebhookReceiver(KEY) as r:
-        yield r
 
 
 async def _running(relay: Relay) -> tuple[asyncio.Event, asyncio.Task[None]]:

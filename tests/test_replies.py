@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,9 @@ import pytest
 from relay.daemon import Relay
 from relay.receiver import Rule, WebhookReceiver
 from relay.simulator import Fault, Simulator
-from tests.support import KEY, NUMBERS, SENDER, TOKEN, RelayProcess, relay_config, write_config
+from tests.support import NUMBERS, SENDER, RelayProcess, relay_config, write_config
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    """The simulator, which records what it was asked to send."""
-    async with Simulator(token=TOKEN) as s:
-        yield s
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """A webhook receiver on loopback."""
-    async with WebhookReceiver(KEY) as r:
-        yield r
 
 
 def reply(body: object, times: int | None = None) -> Rule:

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from relay.receiver import WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import KEY, SENDER, TOKEN, RelayProcess, write_config
+from tests.support import SENDER, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio
 
 NUMBERS = tuple(f"+614000000{i:02d}" for i in range(1, 9))
 INTERVAL = 0.2
 LEASE = 3.0
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[tuple[Simulator, WebhookReceiver]]:
-    """The simulator and a receiver on loopback."""
-    async with Simulator(token=TOKEN) as sim, WebhookReceiver(KEY) as receiver:
-        yield sim, receiver
 
 
 async def poll_rates(sim: Simulator, seconds: float) -> dict[str, float]:

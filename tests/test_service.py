@@ -9,7 +9,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.httpserver import HttpServer, Request, Response
 from relay.receiver import WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import KEY, NUMBERS, SENDER, TOKEN, RelayProcess, write_config
+from tests.support import NUMBERS, SENDER, TOKEN, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -59,13 +59,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
     yield sock
     sock.sock.close()
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[tuple[Simulator, WebhookReceiver]]:
-    """The simulator and a receiver on loopback."""
-    async with Simulator(token=TOKEN) as sim, WebhookReceiver(KEY) as receiver:
-        yield sim, receiver
 
 
 class FakeSentry:
