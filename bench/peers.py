@@ -1,0 +1,245 @@
+"""The bench's peers, in one process of their own: the API simulator and a webhook sink.
+
+``python -m bench.peers [--listing-limit N]`` starts a :class:`relay.simulator.Simulator`
+(counting the receive requests it serves) and a minimal webhook receiver on
+:mod:`relay.httpserver`, prints one JSON line ``{"api", "hook", "control", "token",
+"secret"}`` on stdout, and serves until stdin closes or SIGTERM.
+
+The receiver verifies each signature, records the first arrival of each message id
+(``data.id``) on :func:`time.monotonic` (one clock for every process of the machine),
+and answers 204. Control endpoints, on the receiver's port::
+
+    POST /_bench/inject   {"numbers", "count", "sender"}: count messages, round-robin
+    POST /_bench/traffic  {"numbers", "rate", "seconds", "sender"}: inject at a steady
+                          rate in the background, each on a random number, noting when
+    GET  /_bench/stats    counters and first/last times (see :meth:`Sink.stats`); last_new
+                          is when the latest first arrival of a message id came
+    GET  /_bench/wait?unique=N&timeout=S   the stats once N distinct messages arrived
+    GET  /_bench/latencies  arrival minus injection, per traffic message delivered
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import random
+import signal
+import sys
+import time
+
+from relay.errors import SignatureError
+from relay.httpserver import HttpServer, Request, Response, json_response
+from relay.signing import verify
+from relay.simulator import Simulator
+
+TOKEN = "bench-token"
+KEY = b"bench-webhook-key-0123456789abcd"
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+HOOK_PATH = "/hook"
+CONTROL_PREFIX = "/_bench/"
+RECEIVE_PATH = "/api/v2/sms/receive"
+#: Longest a /_bench/wait may be asked to wait.
+MAX_WAIT = 3600.0
+TRAFFIC_SEED = 20261124
+
+
+class CountingSimulator(Simulator):
+    """The project's simulator, noting when it serves receive requests."""
+
+    def __init__(self, *, listing_limit: int) -> None:
+        super().__init__(token=TOKEN, listing_limit=listing_limit)
+        self.receives = 0
+        self.first_receive: float | None = None
+        self.last_receive: float | None = None
+
+    async def _handle(self, request: Request) -> Response:
+        if request.path == RECEIVE_PATH:
+            now = time.monotonic()
+            self.receives += 1
+            if self.first_receive is None:
+                self.first_receive = now
+            self.last_receive = now
+        return await super()._handle(request)
+
+
+class Sink:
+    """The webhook receiver and the control endpoints."""
+
+    def __init__(self, simulator: CountingSimulator) -> None:
+        self.simulator = simulator
+        self.arrivals: dict[str, float] = {}
+        self.injected_at: dict[str, float] = {}
+        self.webhooks = 0
+        self.bad = 0
+        self.first_webhook: float | None = None
+        self.last_webhook: float | None = None
+        self.last_new: float | None = None
+        self.injected = 0
+        self.traffic_done = True
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, request: Request) -> Response:
+        """Route one request."""
+        if request.path == HOOK_PATH and request.method == "POST":
+            return self._webhook(request)
+        if request.path.startswith(CONTROL_PREFIX):
+            try:
+                return await self._control(request)
+            except (KeyError, TypeError, ValueError) as exc:
+                return json_response({"error": f"{type(exc).__name__}: {exc}"}, 400)
+        return json_response({"error": "not found"}, 404)
+
+    def _webhook(self, request: Request) -> Response:
+        now = time.monotonic()
+        self.webhooks += 1
+        try:
+            verify(KEY, request.headers, request.body, time.time())
+            message_id = str(json.loads(request.body)["data"]["id"])
+        except (SignatureError, ValueError, KeyError, TypeError):
+            self.bad += 1
+            return Response(status=400)
+        if self.first_webhook is None:
+            self.first_webhook = now
+        self.last_webhook = now
+        if message_id not in self.arrivals:
+            self.arrivals[message_id] = now
+            self.last_new = now
+            self._wake()
+        return Response(status=204)
+
+    def _wake(self) -> None:
+        unique = len(self.arrivals)
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for target, future in self._waiters:
+            if unique >= target:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((target, future))
+        self._waiters = keep
+
+    def stats(self) -> dict[str, object]:
+        """Counters, and first/last times on :func:`time.monotonic` (None: not yet)."""
+        sim = self.simulator
+        return {
+            "now": time.monotonic(),
+            "receives": sim.receives,
+            "first_receive": sim.first_receive,
+            "last_receive": sim.last_receive,
+            "webhooks": self.webhooks,
+            "unique": len(self.arrivals),
+            "duplicates": self.webhooks - self.bad - len(self.arrivals),
+            "bad": self.bad,
+            "first_webhook": self.first_webhook,
+            "last_webhook": self.last_webhook,
+            "last_new": self.last_new,
+            "injected": self.injected,
+            "traffic_done": self.traffic_done,
+        }
+
+    async def _control(self, request: Request) -> Response:
+        route = (request.method, request.path[len(CONTROL_PREFIX) :])
+        if route == ("GET", "stats"):
+            return json_response(self.stats())
+        if route == ("GET", "wait"):
+            await self._wait(int(request.query["unique"]), float(request.query["timeout"]))
+            return json_response(self.stats())
+        if route == ("GET", "latencies"):
+            latencies = [
+                self.arrivals[mid] - at
+                for mid, at in self.injected_at.items()
+                if mid in self.arrivals
+            ]
+            return json_response({"injected": len(self.injected_at), "latencies": latencies})
+        body = json.loads(request.body)
+        numbers = [str(n) for n in body["numbers"]]
+        sender = str(body.get("sender", "+61412345678"))
+        if route == ("POST", "inject"):
+            first = last = None
+            for index in range(int(body["count"])):
+                message = self.simulator.inject(sender, numbers[index % len(numbers)], f"b{index}")
+                first = first or message.id
+                last = message.id
+            self.injected += int(body["count"])
+            return json_response({"first_id": first, "last_id": last}, 201)
+        if route == ("POST", "traffic"):
+            task = asyncio.create_task(
+                self._traffic(numbers, float(body["rate"]), float(body["seconds"]), sender)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return json_response({"started": True}, 202)
+        return json_response({"error": "no such control endpoint"}, 404)
+
+    async def _wait(self, unique: int, timeout: float) -> None:
+        if len(self.arrivals) >= unique:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((unique, future))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(future, min(timeout, MAX_WAIT))
+
+    async def _traffic(self, numbers: list[str], rate: float, seconds: float, sender: str) -> None:
+        """Inject ``rate`` messages a second for ``seconds``, each on a number picked at random.
+
+        Random numbers (seeded, so runs are alike) put each message at a random point of
+        its number's poll cycle, as real traffic would be.
+        """
+        self.traffic_done = False
+        total = round(rate * seconds)
+        pick = random.Random(TRAFFIC_SEED)
+        start = time.monotonic()
+        try:
+            for index in range(total):
+                delay = start + index / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                message = self.simulator.inject(sender, pick.choice(numbers), f"t{index}")
+                self.injected_at[str(message.id)] = time.monotonic()
+                self.injected += 1
+        finally:
+            self.traffic_done = True
+
+
+async def serve(listing_limit: int) -> None:
+    """Run the peers until stdin closes or SIGTERM/SIGINT."""
+    simulator = CountingSimulator(listing_limit=listing_limit)
+    sink = Sink(simulator)
+    hooks = HttpServer(sink.handle)
+    await simulator.start()
+    await hooks.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_reader(sys.stdin.fileno(), stop.set)  # the bench went away: stdin hits EOF
+    hello = {
+        "api": simulator.url,
+        "hook": hooks.url + HOOK_PATH,
+        "control": hooks.url,
+        "token": TOKEN,
+        "secret": SECRET,
+    }
+    print(json.dumps(hello), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await hooks.close()
+        await simulator.close()
+
+
+def main() -> int:
+    """``python -m bench.peers``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.peers")
+    parser.add_argument("--listing-limit", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(serve(args.listing_limit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The scenarios: what each runs, its targets, and the rows of the table."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.procs import BenchError
+from bench.runs import (
+    BURST_INTERVAL,
+    IDLE_INTERVAL,
+    LATENCY_INTERVAL,
+    LATENCY_NUMBERS,
+    LATENCY_RATE,
+    LISTING_LIMIT,
+    Burst,
+    Settings,
+    run_burst,
+    run_idle,
+    run_latency,
+)
+from bench.stores import fill_sqlite, migrate, numbers, postgres_database, postgres_reachable
+
+SCENARIOS = ("burst", "idle", "latency", "big-store", "memory", "scale-out")
+#: Scenarios whose row is computed from another scenario's runs.
+NEEDS = {"memory": "idle", "big-store": "burst"}
+
+BURST_MESSAGES = 10_000
+BURST_NUMBERS = 20
+BURST_TARGET = 0.8
+IDLE_RATE_TARGET = 0.95
+IDLE_CPU_TARGET = 1.2
+LATENCY_SLACK = 0.25
+BIG_STORE_MESSAGES = 1_000_000
+BIG_STORE_TARGET = 0.9
+MEMORY_TARGET = 100 * 1024 * 1024
+SCALE_OUT_NUMBERS = 40
+SCALE_OUT_RELAYS = 2
+SCALE_OUT_TARGET = 1.6
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    #: The scenario's name in SCENARIOS.
+    name: str
+    #: What the row shows.
+    scenario: str
+    relay: str
+    bare: str
+    check: str
+    passed: bool
+    #: The numbers behind the texts, for --json.
+    values: dict[str, float]
+
+
+@dataclass
+class Report:
+    """The rows, and details worth a line each."""
+
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _best(runs: list[Burst]) -> Burst:
+    """The fastest run: the one the machine's other load disturbed least."""
+    return max(runs, key=lambda run: run.rate)
+
+
+def _rates(runs: list[Burst], unit: str = "msg/s") -> str:
+    return ", ".join(f"{run.rate:,.0f}" for run in runs) + f" {unit}"
+
+
+def run_scenarios(settings: Settings, chosen: list[str]) -> Report:
+    """Run ``chosen`` (and what they need), in the order of SCENARIOS."""
+    wanted = set(chosen) | {NEEDS[name] for name in chosen if name in NEEDS}
+    report = Report()
+    state: dict[str, Any] = {}
+    steps: dict[str, Callable[[Settings, Report, dict[str, Any]], None]] = {
+        "burst": _burst,
+        "idle": _idle,
+        "latency": _latency,
+        "big-store": _big_store,
+        "memory": _memory,
+        "scale-out": _scale_out,
+    }
+    for name in SCENARIOS:
+        if name in wanted:
+            started = time.monotonic()
+            steps[name](settings, report, state)
+            print(f"bench: {name} done in {time.monotonic() - started:.0f}s", flush=True)
+    report.rows = [row for row in report.rows if row.name in chosen]
+    return report
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f} msg/s"
+
+
+def _burst(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    messages = settings.size(BURST_MESSAGES, 40)
+    polled = numbers(BURST_NUMBERS)
+    workdir = settings.env.workdir
+    bare_runs, relay_runs = [], []
+    for i in range(1, settings.repeat + 1):
+        bare_runs.append(
+            run_burst(settings, f"burst-bare-{i}", "bare", polled, messages, "sqlite:///unused.db")
+        )
+        store = f"sqlite:///{workdir / f'burst-{i}.db'}"
+        relay_runs.append(run_burst(settings, f"burst-relay-{i}", "relay", polled, messages, store))
+    relay, bare = _best(relay_runs), _best(bare_runs)
+    state["burst"] = relay
+    ratio = relay.rate / bare.rate if bare.rate else 0.0
+    report.rows.append(
+        Row(
+            "burst",
+            "burst",
+            _rate(relay.rate),
+            _rate(bare.rate),
+            f"{ratio:.2f}x / >= {BURST_TARGET}x",
+            relay.delivered == messages and ratio >= BURST_TARGET,
+            {"relay": relay.rate, "bare": bare.rate, "ratio": ratio},
+        )
+    )
+    report.notes.append(
+        f"burst: {messages:,} messages over {BURST_NUMBERS} numbers, listing {LISTING_LIMIT}, "
+        f"interval {BURST_INTERVAL:g}s; best of {settings.repeat} (relay {_rates(relay_runs)}, "
+        f"bare {_rates(bare_runs)}). relay: {relay.describe()}; bare: {bare.describe()}"
+    )
+
+
+def _idle(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    runs = run_idle(settings)
+    relay, bare = runs["relay"], runs["bare"]
+    state["idle"] = (relay, bare)
+    share = relay.rate / relay.asked
+    report.rows.append(
+        Row(
+            "idle",
+            "idle: poll rate",
+            f"{relay.rate:,.1f} polls/s",
+            f"{bare.rate:,.1f} polls/s",
+            f"{share:.1%} of {relay.asked:,.0f}/s / >= {IDLE_RATE_TARGET:.0%}",
+            share >= IDLE_RATE_TARGET,
+            {"relay": relay.rate, "bare": bare.rate, "ratio": share},
+        )
+    )
+    ratio = relay.cpu_per_poll / bare.cpu_per_poll if bare.cpu_per_poll else math.inf
+    report.rows.append(
+        Row(
+            "idle",
+            "idle: CPU per poll",
+            f"{relay.cpu_per_poll * 1000:.2f} ms",
+            f"{bare.cpu_per_poll * 1000:.2f} ms",
+            f"{ratio:.2f}x / <= {IDLE_CPU_TARGET}x",
+            ratio <= IDLE_CPU_TARGET,
+            {"relay": relay.cpu_per_poll, "bare": bare.cpu_per_poll, "ratio": ratio},
+        )
+    )
+    report.notes.append(
+        f"idle: {relay.numbers:,} numbers every {IDLE_INTERVAL:g}s, no traffic, relay and bare "
+        f"side by side, measured for {settings.seconds:g}s after one interval. CPU use: relay "
+        f"{relay.cpu_per_poll * relay.rate:.1%} of a core, bare {bare.cpu_per_poll * bare.rate:.1%}"
+    )
+
+
+def _memory(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    relay, bare = state["idle"]
+    mib = 1024 * 1024
+    report.rows.append(
+        Row(
+            "memory",
+            "memory",
+            f"{relay.rss / mib:.1f} MB",
+            f"{bare.rss / mib:.1f} MB",
+            f"{relay.rss / MEMORY_TARGET:.0%} of {MEMORY_TARGET // mib} MB / <= 100%",
+            relay.rss <= MEMORY_TARGET,
+            {"relay": relay.rss, "bare": bare.rss, "ratio": relay.rss / MEMORY_TARGET},
+        )
+    )
+    report.notes.append(
+        f"memory: RSS after the idle run ({relay.numbers:,} numbers); peak RSS relay "
+        f"{relay.peak_rss / mib:.1f} MB, bare {bare.peak_rss / mib:.1f} MB"
+    )
+
+
+def _latency(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    bare = run_latency(settings, "bare")
+    relay = run_latency(settings, "relay")
+    limit = LATENCY_INTERVAL + LATENCY_SLACK
+    p99 = relay.percentile(0.99)
+    report.rows.append(
+        Row(
+            "latency",
+            "latency p99",
+            _ms(p99),
+            _ms(bare.percentile(0.99)),
+            f"{_ms(p99)} / <= {_ms(limit)}",
+            p99 <= limit,
+            {"relay": p99, "bare": bare.percentile(0.99), "ratio": p99 / limit},
+        )
+    )
+    parts = []
+    for name, run in (("relay", relay), ("bare", bare)):
+        parts.append(
+            f"{name}: {len(run.latencies):,} of {run.injected:,} delivered, "
+            f"p50 {_ms(run.percentile(0.5))}, max {_ms(run.percentile(1.0))}, "
+            f"{run.cpu / max(run.injected, 1) * 1000:.2f} ms CPU per message"
+        )
+    report.notes.append(
+        f"latency: {LATENCY_RATE:g} messages/s for {settings.seconds:g}s over "
+        f"{LATENCY_NUMBERS} numbers, interval {LATENCY_INTERVAL:g}s, no jitter. " + "; ".join(parts)
+    )
+
+
+def _ms(seconds: float) -> str:
+    return "never" if math.isinf(seconds) else f"{seconds * 1000:,.0f} ms"
+
+
+def _big_store(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    history = settings.size(BIG_STORE_MESSAGES, 1000)
+    workdir = settings.env.workdir
+    template = workdir / "big-store-template.db"
+    migrate(settings.env, f"sqlite:///{template}")
+    fill = fill_sqlite(template, history)
+    size = template.stat().st_size
+    polled = numbers(BURST_NUMBERS)
+    messages = settings.size(BURST_MESSAGES, 40)
+    runs = []
+    for i in range(1, settings.repeat + 1):
+        path = workdir / f"big-store-{i}.db"
+        shutil.copyfile(template, path)
+        url = f"sqlite:///{path}"
+        runs.append(run_burst(settings, f"big-store-relay-{i}", "relay", polled, messages, url))
+        path.unlink()
+    relay = _best(runs)
+    empty: Burst = state["burst"]
+    ratio = relay.rate / empty.rate if empty.rate else 0.0
+    report.rows.append(
+        Row(
+            "big-store",
+            "big store",
+            _rate(relay.rate),
+            f"empty store: {_rate(empty.rate)}",
+            f"{ratio:.2f}x / >= {BIG_STORE_TARGET}x",
+            relay.delivered == messages and ratio >= BIG_STORE_TARGET,
+            {"relay": relay.rate, "bare": empty.rate, "ratio": ratio},
+        )
+    )
+    report.notes.append(
+        f"big store: the burst on a SQLite store already holding {history:,} delivered "
+        f"messages ({size / 1024 / 1024:,.0f} MB, filled in {fill:.1f}s); best of "
+        f"{settings.repeat} ({_rates(runs)}). relay: {relay.describe()}"
+    )
+
+
+def _scale_out(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    problem = postgres_reachable(settings.postgres_url)
+    if problem is not None:
+        msg = f"scale-out needs PostgreSQL at {settings.postgres_url}: {problem}"
+        raise BenchError(msg)
+    messages = settings.size(BURST_MESSAGES, 80)
+    polled = numbers(SCALE_OUT_NUMBERS)
+    runs: dict[int, list[Burst]] = {1: [], SCALE_OUT_RELAYS: []}
+    for i in range(1, settings.repeat + 1):
+        for processes, done in runs.items():
+            with postgres_database(settings.postgres_url) as url:
+                migrate(settings.env, url)
+                label = f"scale-out-{processes}x-{i}"
+                done.append(
+                    run_burst(settings, label, "relay", polled, messages, url, processes=processes)
+                )
+    one, many = _best(runs[1]), _best(runs[SCALE_OUT_RELAYS])
+    ratio = many.rate / one.rate if one.rate else 0.0
+    report.rows.append(
+        Row(
+            "scale-out",
+            "scale-out",
+            f"{SCALE_OUT_RELAYS} relays: {many.rate:,.0f} deliveries/s",
+            f"1 relay: {one.rate:,.0f} deliveries/s",
+            f"{ratio:.2f}x / >= {SCALE_OUT_TARGET}x",
+            many.delivered == messages and ratio >= SCALE_OUT_TARGET,
+            {"relay": many.rate, "bare": one.rate, "ratio": ratio},
+        )
+    )
+    report.notes.append(
+        f"scale-out: {messages:,} messages over {SCALE_OUT_NUMBERS} numbers on PostgreSQL "
+        f"(a fresh database per run); best of {settings.repeat} (1 relay "
+        f"{_rates(runs[1])}, {SCALE_OUT_RELAYS} relays {_rates(runs[SCALE_OUT_RELAYS])}). "
+        f"1 relay: {one.describe()}; "
+        f"{SCALE_OUT_RELAYS} relays: {many.describe()}"
+    )
