@@ -13,7 +13,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from datetime import timezone
 from http import HTTPStatus
 from types import TracebackType
@@ -100,17 +100,21 @@ class AatroxClient:
         self._client.headers["Authorization"] = f"Bearer {token}"
         return True
 
-    async def receive(self, number: str, sender: str | None = None) -> Listing:
+    async def receive(
+        self, number: str, sender: str | None = None, *, known: Container[str] = ()
+    ) -> Listing:
         """``GET /sms/receive``: the messages the API lists for ``number``.
 
         Items whose text the listing left out come back with ``text=None``; fetch
-        those with :meth:`details`.
+        those with :meth:`details`. Items with an id in ``known`` are only counted.
         """
         label = "GET /sms/receive"
         params = {"to": number} if sender is None else {"to": number, "from": sender}
         payload = await self._call("GET", "/sms/receive", label, params=params, need_body=True)
         try:
-            return parse_listing(payload, number=number, region=self._region, tz=self._tz)
+            return parse_listing(
+                payload, number=number, region=self._region, tz=self._tz, known=known
+            )
         except ApiInvalidResponse as exc:
             msg = f"{label}: {exc}"
             raise ApiInvalidResponse(msg) from None

@@ -334,8 +334,7 @@ class Relay:
         numbers = [n.number for n in self.config.numbers if self.leases.holds(n.number)]
         polls = await asyncio.gather(*(self.poller.poll(n) for n in numbers))
         await self.dispatcher.run_once()
-        await self.outbox.fill()
-        await self.outbox.settle(self.config.api.timeout + 5.0)
+        await self.outbox.run_once(self.config.api.timeout + 5.0)
         await self.leases.stop()
         counts = await self.store.call(self.store.sync.counts)
         return RoundSummary(tuple(polls), counts)

@@ -276,10 +276,9 @@ class Dispatcher:
 
     async def run_once(self) -> None:
         """Send everything due now, once, and wait for the answers (for ``poll-once``)."""
-        for lane in self.lanes.values():
-            await lane.fill()
-        for lane in self.lanes.values():
-            await lane.settle(timeout=lane.config.timeout + 5.0)
+        await asyncio.gather(
+            *(lane.run_once(timeout=lane.config.timeout + 5.0) for lane in self.lanes.values())
+        )
 
     async def stop(self, timeout: float) -> int:
         """Stop the lanes, letting requests in flight finish for up to ``timeout`` seconds."""

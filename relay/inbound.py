@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -66,18 +67,41 @@ class Listing:
     messages: tuple[InboundMessage, ...]
     #: One-line reasons for the items skipped; never a message's text.
     skipped: tuple[str, ...] = ()
+    #: Items passed over unparsed because their id was in ``known``.
+    known: int = 0
+
+    @property
+    def listed(self) -> int:
+        """How many messages the API listed (parsed or known)."""
+        return len(self.messages) + self.known
 
 
-def parse_listing(payload: object, *, number: str, region: str, tz: tzinfo) -> Listing:
+def parse_listing(
+    payload: object,
+    *,
+    number: str,
+    region: str,
+    tz: tzinfo,
+    known: Container[str] = (),
+) -> Listing:
     """Read a ``GET /sms/receive`` answer; ``number`` is the polled number.
 
+    Items whose id is in ``known`` (already seen) are counted, not parsed: a listing
+    of a thousand known messages then costs a thousand dictionary look-ups.
     Raises :class:`ApiInvalidResponse` when ``payload`` has none of the known shapes.
     """
     items = _listing_items(payload)
     messages: list[InboundMessage] = []
     skipped: list[str] = []
     seen: set[str] = set()
+    passed = 0
     for index, item in enumerate(items):
+        if known and isinstance(item, dict):
+            key = _first_key(item, ID_KEYS)
+            raw = item.get(key) if key is not None else None
+            if isinstance(raw, (str, int)) and not isinstance(raw, bool) and str(raw) in known:
+                passed += 1
+                continue
         try:
             message = parse_message(item, number=number, region=region, tz=tz)
         except ApiInvalidResponse as exc:
@@ -88,7 +112,7 @@ def parse_listing(payload: object, *, number: str, region: str, tz: tzinfo) -> L
             continue
         seen.add(message.id)
         messages.append(message)
-    return Listing(tuple(messages), tuple(skipped))
+    return Listing(tuple(messages), tuple(skipped), passed)
 
 
 def parse_detail(

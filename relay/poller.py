@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.api import AatroxClient
 from relay.clock import Clock
@@ -43,10 +44,20 @@ from relay.store import AsyncStore
 
 log = logging.getLogger("relay.poller")
 
+T = TypeVar("T")
+
 #: Ids remembered per number in memory, beyond what one listing returns.
 SEEN_CACHE_MIN = 2048
 #: Details of text-less messages fetched at once, per poll.
 DETAILS_CONCURRENCY = 8
+
+
+async def within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """``await work``, raising TimeoutError after ``seconds``; without an extra task on 3.11+."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await work
+    return await asyncio.wait_for(work, seconds)  # pragma: no cover - Python 3.10
 
 
 @dataclass
@@ -154,12 +165,15 @@ class Poller:
         state = self.states[number]
         budget = self._budget()
         try:
-            await asyncio.wait_for(self._slots.acquire(), state.config.interval)
+            if self._slots.locked():
+                await asyncio.wait_for(self._slots.acquire(), state.config.interval)
+            else:
+                await self._slots.acquire()  # the common case: no task, no timer
         except asyncio.TimeoutError:
             log.warning("relay.poll.starved", extra=fields(number=shown(number)))
             return PollResult(number, error="no free poll slot within the interval")
         try:
-            result = await asyncio.wait_for(self._poll(state), budget)
+            result = await within(budget, self._poll(state))
         except asyncio.TimeoutError:
             result = await self._failed(state, f"poll took longer than {budget:g}s")
         except ApiUnauthorized as exc:
@@ -195,7 +209,7 @@ class Poller:
     async def _poll(self, state: NumberState) -> PollResult:
         cfg = state.config
         state.last_poll = self.clock.now()
-        listing = await self.api.receive(cfg.number, cfg.sender)
+        listing = await self.api.receive(cfg.number, cfg.sender, known=state.seen)
         for reason in listing.skipped:
             log.warning(
                 "relay.poll.item_skipped", extra=fields(number=shown(cfg.number), reason=reason)
@@ -205,11 +219,11 @@ class Poller:
         if not complete and state.baselined:
             # The common case: nothing new. No write, so idle polls stay cheap.
             self._succeeded(state, 0)
-            return PollResult(cfg.number, len(listing.messages), skipped=len(listing.skipped))
+            return PollResult(cfg.number, listing.listed, skipped=len(listing.skipped))
         targets = self._targets(state)
         recorded = await self.store.call(self.store.sync.record, cfg.number, complete, targets)
         state.baselined = True
-        state.remember([m.id for m in complete], self._cache_limit(len(listing.messages)))
+        state.remember([m.id for m in complete], self._cache_limit(listing.listed))
         if recorded.deliveries:
             self.on_queued()
         self._succeeded(state, recorded.messages)
@@ -222,7 +236,7 @@ class Poller:
             )
         return PollResult(
             cfg.number,
-            len(listing.messages),
+            listing.listed,
             recorded.messages,
             recorded.deliveries,
             len(listing.skipped),

@@ -194,6 +194,29 @@ class Store:
         self.insert: Callable[[sa.Table], Any] = (
             sqlite_insert if dialect == "sqlite" else postgresql_insert
         )
+        #: No other relay can be running on this store (SQLite, under the instance lock).
+        self.alone = False
+        ts = UtcDateTime()
+        self._save_outcome = (
+            deliveries.update()
+            .where(deliveries.c.id == sa.bindparam("b_id"))
+            .values(
+                state=sa.bindparam("b_state"),
+                attempts=deliveries.c.attempts + 1,
+                last_attempt_at=sa.bindparam("b_at", type_=ts),
+                last_status=sa.bindparam("b_status", type_=sa.Integer()),
+                last_error=sa.bindparam("b_error", type_=sa.Text()),
+                delivered_at=sa.bindparam("b_delivered_at", type_=ts),
+                next_attempt_at=sa.func.coalesce(
+                    sa.bindparam("b_next", type_=ts), deliveries.c.next_attempt_at
+                ),
+                claimed_by=None,
+                claim_expires_at=None,
+            )
+        )
+        self._queue_reply = self.insert(outbound).on_conflict_do_nothing(
+            index_elements=[outbound.c.delivery_id]
+        )
 
     @classmethod
     def open(
@@ -369,24 +392,24 @@ class Store:
 
     def next_due(self, webhook: str) -> datetime | None:
         """When the next pending delivery to ``webhook`` that this relay is not already
-        sending can be claimed (its retry time, or when another relay's claim runs out)."""
-        available_at = sa.case(
-            (
-                deliveries.c.claim_expires_at > deliveries.c.next_attempt_at,
-                deliveries.c.claim_expires_at,
-            ),
-            else_=deliveries.c.next_attempt_at,
-        )
-        query = sa.select(sa.func.min(available_at)).where(
+        sending can be claimed: its retry time, or when another relay's claim runs out."""
+        unclaimed = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
             deliveries.c.webhook == webhook,
             deliveries.c.state == PENDING,
-            sa.or_(deliveries.c.claimed_by.is_(None), deliveries.c.claimed_by != self.relay_id),
+            deliveries.c.claimed_by.is_(None),
         )
         with self.engine.connect() as conn:
-            value = conn.execute(query).scalar_one_or_none()
-        if isinstance(value, str):  # SQLite loses the type through CASE
-            value = datetime.fromisoformat(value)
-        return UtcDateTime().process_result_value(value, self.engine.dialect)
+            found = [conn.execute(unclaimed).scalar_one_or_none()]
+            if not self.alone:
+                others = sa.select(sa.func.min(deliveries.c.claim_expires_at)).where(
+                    deliveries.c.claimed_by.is_not(None),
+                    deliveries.c.claimed_by != self.relay_id,
+                    deliveries.c.webhook == webhook,
+                    deliveries.c.state == PENDING,
+                )
+                found.append(conn.execute(others).scalar_one_or_none())
+        times = [t for t in found if t is not None]
+        return min(times) if times else None
 
     def save_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Write back a batch of attempt results in one transaction, releasing their claims.
@@ -396,40 +419,37 @@ class Store:
         """
         if not outcomes:
             return
+        rows = [
+            {
+                "b_id": o.delivery_id,
+                "b_state": o.state,
+                "b_at": o.attempted_at,
+                "b_status": o.status,
+                "b_error": o.error,
+                "b_delivered_at": o.attempted_at if o.state == DELIVERED else None,
+                "b_next": o.next_attempt_at,
+            }
+            for o in outcomes
+        ]
+        replies = [
+            {
+                "kind": "reply",
+                "delivery_id": o.delivery_id,
+                "sender": o.reply.sender,
+                "recipients": json.dumps([o.reply.recipient]),
+                "text": o.reply.text,
+                "disclaimer": o.reply.disclaimer,
+                "state": PENDING,
+                "queued_at": o.attempted_at,
+                "next_attempt_at": o.attempted_at,
+            }
+            for o in outcomes
+            if o.reply is not None
+        ]
         with self.engine.begin() as conn:
-            for o in outcomes:
-                values: dict[str, Any] = {
-                    "state": o.state,
-                    "attempts": deliveries.c.attempts + 1,
-                    "last_attempt_at": o.attempted_at,
-                    "last_status": o.status,
-                    "last_error": o.error,
-                    "claimed_by": None,
-                    "claim_expires_at": None,
-                }
-                if o.state == DELIVERED:
-                    values["delivered_at"] = o.attempted_at
-                elif o.next_attempt_at is not None:
-                    values["next_attempt_at"] = o.next_attempt_at
-                conn.execute(
-                    deliveries.update().where(deliveries.c.id == o.delivery_id).values(**values)
-                )
-                if o.reply is not None:
-                    conn.execute(
-                        self.insert(outbound)
-                        .values(
-                            kind="reply",
-                            delivery_id=o.delivery_id,
-                            sender=o.reply.sender,
-                            recipients=json.dumps([o.reply.recipient]),
-                            text=o.reply.text,
-                            disclaimer=o.reply.disclaimer,
-                            state=PENDING,
-                            queued_at=o.attempted_at,
-                            next_attempt_at=o.attempted_at,
-                        )
-                        .on_conflict_do_nothing(index_elements=[outbound.c.delivery_id])
-                    )
+            conn.execute(self._save_outcome, rows)
+            if replies:
+                conn.execute(self._queue_reply, replies)
 
     def reset_ownership(self) -> None:
         """Forget every relay, lease and claim: only when no other relay can be running
@@ -444,6 +464,7 @@ class Store:
                 )
             conn.execute(leases.update().values(owner=None, expires_at=None))
             conn.execute(relays.delete())
+        self.alone = True
 
     def release_claims(self) -> int:
         """Give up this relay's claims (at shutdown), so the work is due again at once."""

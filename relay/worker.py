@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
@@ -25,6 +26,10 @@ log = logging.getLogger("relay.worker")
 IDLE_RECHECK = 5.0
 #: After a store error a worker waits this long before trying again.
 STORE_ERROR_PAUSE = 1.0
+#: Items claimed at once, as a multiple of the concurrency: fewer, larger claims.
+CLAIM_BATCH_FACTOR = 4
+#: ...but never more than this many (claims last ``store.lease``; they are renewed).
+CLAIM_BATCH_MAX = 256
 
 
 class Item(Protocol):
@@ -49,8 +54,13 @@ class Worker(ABC, Generic[ItemT]):
         self.clock = clock
         self.concurrency = concurrency
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        #: Claimed, not yet started.
+        self._queue: deque[ItemT] = deque()
+        #: The last claim found less than it asked for: nothing more is due now.
+        self._drained = False
         self._wake = asyncio.Event()
         self._stopping = False
+        self.batch = min(max(concurrency * CLAIM_BATCH_FACTOR, 1), CLAIM_BATCH_MAX)
 
     @abstractmethod
     async def claim(self, limit: int) -> list[ItemT]:
@@ -74,14 +84,22 @@ class Worker(ABC, Generic[ItemT]):
         self._wake.set()
 
     async def fill(self) -> int:
-        """Start as many due items as there are free slots; how many started."""
+        """Start items up to the free slots, claiming a batch when the local queue runs
+        low; how many started."""
         free = self.concurrency - len(self._inflight)
         if free <= 0:
             return 0
-        items = await self.claim(free)
-        for item in items:
+        if len(self._queue) < free:
+            want = max(self.batch, free) - len(self._queue)
+            claimed = await self.claim(want)
+            self._queue.extend(claimed)
+            self._drained = len(claimed) < want
+        started = 0
+        while self._queue and len(self._inflight) < self.concurrency:
+            item = self._queue.popleft()
             self._inflight[item.id] = asyncio.create_task(self._guarded(item))
-        return len(items)
+            started += 1
+        return started
 
     async def _guarded(self, item: ItemT) -> None:
         try:
@@ -104,9 +122,12 @@ class Worker(ABC, Generic[ItemT]):
             wait: float | None
             try:
                 await self.fill()
-                # All slots busy: a finishing task wakes us. Otherwise nothing more is
-                # due now: sleep until the next item falls due, or until woken.
-                wait = None if len(self._inflight) >= self.concurrency else await self._idle()
+                if len(self._inflight) >= self.concurrency:
+                    wait = None  # all slots busy: a finishing task wakes us
+                elif self._drained:
+                    wait = await self._idle()  # nothing due: sleep until something is
+                else:
+                    continue
             except StoreError as exc:
                 log.error(f"relay.{self.name}.store_error", extra=fields(error=str(exc)))
                 wait = STORE_ERROR_PAUSE
@@ -114,6 +135,11 @@ class Worker(ABC, Generic[ItemT]):
                 continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def run_once(self, timeout: float) -> None:
+        """Process everything due now, then return (for ``poll-once`` and tests)."""
+        while await self.fill() or self._inflight:
+            await self.settle(timeout)
 
     async def _idle(self) -> float:
         nxt = await self.next_due()

@@ -41,6 +41,7 @@ def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("claimed_by", sa.String(64), nullable=True))
         batch.add_column(sa.Column("claim_expires_at", TS, nullable=True))
+    op.create_index("ix_deliveries_claimed_by", "deliveries", ["claimed_by"])
     op.create_table(
         "outbound",
         sa.Column("id", ID, primary_key=True),
@@ -76,6 +77,7 @@ def downgrade() -> None:
     """Remove them again."""
     op.drop_index("ix_outbound_due", table_name="outbound")
     op.drop_table("outbound")
+    op.drop_index("ix_deliveries_claimed_by", table_name="deliveries")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("claim_expires_at")
         batch.drop_column("claimed_by")
