@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
+from collections.abc import Coroutine
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -50,3 +55,11 @@ class FakeClock:
         """Move both clocks forward."""
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
+
+
+async def within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """``await work``, raising TimeoutError after ``seconds``; without an extra task on 3.11+."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await work
+    return await asyncio.wait_for(work, seconds)  # pragma: no cover - Python 3.10

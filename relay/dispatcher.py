@@ -41,13 +41,18 @@ class _OutcomeWriter:
         self._queue: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def save(self, outcome: Outcome) -> None:
-        """Return once ``outcome`` is committed; raise StoreError if it could not be."""
+    def submit(self, outcome: Outcome) -> asyncio.Future[None]:
+        """Queue ``outcome``; the future is done once it is committed (or failed to be)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((outcome, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
-        await future
+        return future
+
+    async def idle(self) -> None:
+        """Until every submitted outcome is written (or has failed to be)."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
 
     async def _flush(self) -> None:
         while self._queue:
@@ -107,19 +112,30 @@ class Lane(Worker[DueDelivery]):
         await self._deliver(item)
 
     async def _deliver(self, delivery: DueDelivery) -> None:
+        """Send, then hand the outcome to the group commit and free the slot at once.
+
+        Until the outcome is committed the delivery stays claimed by this relay, so
+        nothing claims it again; the slot's connection goes straight to the next one.
+        """
         answer = await self.webhook.send(delivery)
         outcome = self._outcome(delivery, answer)
-        try:
-            await self._writer.save(outcome)
-        except StoreError as exc:
+        self._writer.submit(outcome).add_done_callback(
+            lambda saved: self._recorded(delivery, outcome, saved)
+        )
+
+    def _recorded(
+        self, delivery: DueDelivery, outcome: Outcome, saved: asyncio.Future[None]
+    ) -> None:
+        error = saved.exception()
+        if error is not None:
             # The delivery stays pending in the store and is sent again (same webhook-id).
             log.error(
                 "relay.delivery.unrecorded",
                 extra=fields(
-                    webhook=self.config.name, webhook_id=delivery.webhook_id, error=str(exc)
+                    webhook=self.config.name, webhook_id=delivery.webhook_id, error=str(error)
                 ),
             )
-            self.events.store_failed(str(exc))
+            self.events.store_failed(str(error))
             return
         self._log(delivery, outcome)
         if outcome.reply is not None:
@@ -279,11 +295,13 @@ class Dispatcher:
         await asyncio.gather(
             *(lane.run_once(timeout=lane.config.timeout + 5.0) for lane in self.lanes.values())
         )
+        await self._writer.idle()
 
     async def stop(self, timeout: float) -> int:
         """Stop the lanes, letting requests in flight finish for up to ``timeout`` seconds."""
         self._running = False
         results = await asyncio.gather(*(lane.drain(timeout) for lane in self.lanes.values()))
+        await self._writer.idle()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -41,10 +41,18 @@ def number(value: str) -> str:
 class TextFormatter(logging.Formatter):
     """``2026-11-24T13:40:00Z info relay.poll.failed number=*********001 error="..."``."""
 
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
         """One line per event."""
-        ts = datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        parts = [ts, record.levelname.lower(), record.getMessage()]
+        second = int(record.created)
+        if second != self._second:  # one strftime a second, not one a line
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+        parts = [self._stamp, record.levelname.lower(), record.getMessage()]
         for key, value in getattr(record, _FIELDS, {}).items():
             text = str(value)
             if not text or any(c in text for c in ' ="'):

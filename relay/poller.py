@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from relay.api import AatroxClient
-from relay.clock import Clock
+from relay.clock import Clock, within
 from relay.config import Config, NumberConfig
 from relay.errors import (
     ApiError,
@@ -44,20 +43,10 @@ from relay.store import AsyncStore
 
 log = logging.getLogger("relay.poller")
 
-T = TypeVar("T")
-
 #: Ids remembered per number in memory, beyond what one listing returns.
 SEEN_CACHE_MIN = 2048
 #: Details of text-less messages fetched at once, per poll.
 DETAILS_CONCURRENCY = 8
-
-
-async def within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
-    """``await work``, raising TimeoutError after ``seconds``; without an extra task on 3.11+."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await work
-    return await asyncio.wait_for(work, seconds)  # pragma: no cover - Python 3.10
 
 
 @dataclass

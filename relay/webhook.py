@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import httpx
 
 from relay import __version__, signing
-from relay.clock import Clock
+from relay.clock import Clock, within
 from relay.config import WebhookConfig
 from relay.retry import parse_retry_after
 from relay.store import DueDelivery
@@ -82,7 +82,7 @@ class Webhook:
         )
         headers["Content-Type"] = "application/json"
         try:
-            return await asyncio.wait_for(self._post(payload, headers), self.config.timeout + 1.0)
+            return await within(self.config.timeout + 1.0, self._post(payload, headers))
         except (asyncio.TimeoutError, httpx.TimeoutException):
             return Answer(False, error=f"timed out after {self.config.timeout:g}s")
         except httpx.TransportError as exc:
@@ -94,11 +94,15 @@ class Webhook:
         )
         response = await self._client.send(request, stream=True)
         try:
-            answer = b""
-            async for chunk in response.aiter_raw():
-                answer += chunk
-                if len(answer) >= MAX_ANSWER_BYTES:
-                    break
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) <= MAX_ANSWER_BYTES:
+                answer = await response.aread()  # the common case: small, one read
+            else:
+                answer = b""
+                async for chunk in response.aiter_raw():
+                    answer += chunk
+                    if len(answer) >= MAX_ANSWER_BYTES:
+                        break
         finally:
             await response.aclose()
         status = response.status_code
