@@ -173,3 +173,20 @@ class RelayProcess:
         if self._reader:
             await self._reader
         return code
+
+
+async def cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    """``python -m relay ARGS`` in a subprocess, so the test's event loop keeps serving
+    its loopback peers; the exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,28 +19,12 @@ from relay.receiver import Rule, WebhookReceiver
 from relay.schema import deliveries, messages
 from relay.simulator import Fault, Simulator
 from relay.store import Outcome, Reply, Store
-from tests.support import NUMBERS, SENDER, TOKEN, write_config
+from tests.support import NUMBERS, SENDER, TOKEN, cli, write_config
 
 #: Nothing listens here: store-only commands never reach it.
 NOWHERE = "http://127.0.0.1:9"
 SHOWN = "*********001"  # NUMBERS[0] as logs show it
 TWO_RECIPIENTS = ["--to", "0412345678", "--to", "0412345679"]
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    """The real entry point in a subprocess, so the test's event loop keeps serving."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -119,10 +101,10 @@ async def test_status_after_poll_once(
     receiver.respond(Rule(status=410, times=1))
     for text in ("one", "two", "three"):
         sim.inject(SENDER, NUMBERS[0], text)
-    code, _out, err = await _cli("poll-once", "--config", str(path))
+    code, _out, err = await cli("poll-once", "--config", str(path))
     assert code == 0, err
 
-    code, out, err = await _cli("status", "--config", str(path))
+    code, out, err = await cli("status", "--config", str(path))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "numbers" and "outbound sms: 0 pending, 0 sent, 0 failed" in out
@@ -133,7 +115,7 @@ async def test_status_after_poll_once(
     assert "HTTP 410" in hook_line
     assert NUMBERS[0] not in out and "two" not in out
 
-    code, out, err = await _cli("status", "--json", "--config", str(path))
+    code, out, err = await cli("status", "--json", "--config", str(path))
     assert code == 0, err
     doc = json.loads(out)
     assert set(doc) == {"now", "numbers", "webhooks", "outbound"}
@@ -370,7 +352,7 @@ async def test_send(
 ) -> None:
     """send goes straight to the right endpoint, one request, and prints the provider's ids."""
     sim, path = sim_config
-    code, out, err = await _cli(
+    code, out, err = await cli(
         "send", "--from", "0400000001", "--to", "0412345678", "--text", "Hi 🏃", *extra,
         "--config", str(path),
     )  # fmt: skip
@@ -405,7 +387,7 @@ async def test_send_api_error(sim_config: tuple[Simulator, Path]) -> None:
     """An API 400 is exit 1 with the API's one-line message."""
     sim, path = sim_config
     sim.add_fault(Fault(status=400, path="/api/v2/sms/send", body=b'{"error": "no credit"}'))
-    code, out, err = await _cli(
+    code, out, err = await cli(
         "send", "--from", "0400000001", "--to", "0412345678", "--text", "hi", "--config", str(path)
     )
     assert code == 1 and out == "" and sim.sent == []
@@ -420,13 +402,13 @@ async def test_messages_show(sim_config: tuple[Simulator, Path]) -> None:
     """messages show prints the message in full, as text and as JSON; unknown ids exit 1."""
     sim, path = sim_config
     message = sim.inject(SENDER, NUMBERS[0], "Running late 🏃\nsee you\x1b[2J")
-    code, out, err = await _cli("messages", "show", str(message.id), "--config", str(path))
+    code, out, err = await cli("messages", "show", str(message.id), "--config", str(path))
     assert code == 0, err
     assert f"id           {message.id}\n" in out and f"from         {SENDER}" in out
     assert "text         Running late 🏃\n             see you\\x1b[2J" in out
     assert "\x1b" not in out
 
-    code, out, err = await _cli(
+    code, out, err = await cli(
         "messages", "show", str(message.id), "--number", "0400000001", "--json",
         "--config", str(path),
     )  # fmt: skip
@@ -435,7 +417,7 @@ async def test_messages_show(sim_config: tuple[Simulator, Path]) -> None:
     assert doc["id"] == str(message.id) and doc["from"] == SENDER and doc["to"] == NUMBERS[0]
     assert doc["text"] == message.text and doc["received_at"].endswith("Z")
 
-    code, out, err = await _cli("messages", "show", "404", "--config", str(path))
+    code, out, err = await cli("messages", "show", "404", "--config", str(path))
     assert code == 1 and "404" in err and err.count("\n") == 1
 
 

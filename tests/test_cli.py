@@ -13,7 +13,7 @@ from relay import __version__
 from relay.cli import main
 from relay.receiver import WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import NUMBERS, SECRET, SENDER, TOKEN, write_config
+from tests.support import NUMBERS, SECRET, SENDER, TOKEN, cli, write_config
 
 COMMANDS = ["run", "check", "poll-once", "simulate", "demo"]
 
@@ -91,21 +91,6 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "nope.toml" in capsys.readouterr().err
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 @pytest.mark.anyio
 async def test_check_online(peers: tuple[Simulator, WebhookReceiver], tmp_path: Path) -> None:
     """check tries the token and reaches the webhook; a wrong token fails with exit 2."""
@@ -113,11 +98,11 @@ async def test_check_online(peers: tuple[Simulator, WebhookReceiver], tmp_path: 
     config = write_config(
         tmp_path / "relay.toml", sim.url, receiver.url, f"sqlite:///{tmp_path / 'relay.db'}"
     )
-    code, out, _err = await _cli("check", "--config", str(config))
+    code, out, _err = await cli("check", "--config", str(config))
     assert code == 0, out
     assert "token accepted" in out and "webhook hook: reachable" in out
     sim.token = "rotated"
-    code, out, _err = await _cli("check", "--config", str(config))
+    code, out, _err = await cli("check", "--config", str(config))
     assert code == 2
     assert "FAILED api" in out and "401" in out and TOKEN not in out
 
@@ -131,7 +116,7 @@ async def test_poll_once(peers: tuple[Simulator, WebhookReceiver], tmp_path: Pat
     )
     sim.inject(SENDER, NUMBERS[0], "one")
     sim.inject(SENDER, NUMBERS[1], "two")
-    code, out, err = await _cli("poll-once", "--config", str(config))
+    code, out, err = await cli("poll-once", "--config", str(config))
     assert code == 0, err
     assert "1 listed, 1 new, 1 queued" in out
     assert "0 pending, 2 delivered, 0 dead" in out
