@@ -45,6 +45,8 @@ API_PREFIX = "/api/v2"
 DEFAULT_MAX_CONNECTIONS = 32
 DEFAULT_USER_AGENT = f"aatrox-relay/{__version__}"
 #: How much of an error answer is read, for the provider's explanation.
+#: A 2xx body of declared length up to this is read in one go.
+SMALL_BODY = 64 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
 #: Longest provider explanation quoted in an error message.
 DETAIL_LIMIT = 200
@@ -234,14 +236,18 @@ class AatroxClient:
         provider's explanation: its first :data:`ERROR_BODY_LIMIT` bytes, best effort.
         """
         limit = self._limit if ok else ERROR_BODY_LIMIT
-        if ok:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
+        declared = response.headers.get("content-length", "")
+        if ok and declared.isdigit():
+            if int(declared) > limit:
                 msg = (
                     f"{label}: the answer's {declared} bytes exceed "
                     f"api.max_response_bytes ({limit})"
                 )
                 raise ApiResponseTooLarge(msg)
+            if int(declared) <= SMALL_BODY:
+                # The common case (an idle poll): a small body of known size, one read.
+                # httpx stops at the declared length, so the cap holds.
+                return await response.aread()
         deadline = time.monotonic() + self._timeout
         parts: list[bytes] = []
         size = 0
