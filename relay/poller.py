@@ -131,7 +131,7 @@ class Poller:
         """Poll states changed since the last call, as :meth:`Store.save_poll_states` wants."""
         rows = []
         for number, state in self.states.items():
-            if state.changed and state.baselined:
+            if state.changed:
                 state.changed = False
                 rows.append(
                     {

@@ -67,7 +67,8 @@ numbers = sa.Table(
     "numbers",
     metadata,
     sa.Column("number", sa.String(32), primary_key=True),
-    sa.Column("first_polled_at", UtcDateTime(), nullable=False),
+    #: NULL until the number's first successful poll (its backfill is still ahead).
+    sa.Column("first_polled_at", UtcDateTime()),
     sa.Column("last_poll_at", UtcDateTime()),
     sa.Column("last_success_at", UtcDateTime()),
     sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),

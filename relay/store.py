@@ -254,7 +254,11 @@ class Store:
     def known_numbers(self) -> set[str]:
         """Numbers that have had their first poll (their backfill is done)."""
         with self.engine.connect() as conn:
-            return set(conn.scalars(sa.select(numbers.c.number)))
+            return set(
+                conn.scalars(
+                    sa.select(numbers.c.number).where(numbers.c.first_polled_at.is_not(None))
+                )
+            )
 
     def known_ids(self, number: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are already recorded for ``number``: one query per 500 ids."""
@@ -291,6 +295,7 @@ class Store:
                 .on_conflict_do_update(
                     index_elements=[numbers.c.number],
                     set_={
+                        "first_polled_at": sa.func.coalesce(numbers.c.first_polled_at, now),
                         "last_poll_at": now,
                         "last_success_at": now,
                         "consecutive_failures": 0,
@@ -337,16 +342,20 @@ class Store:
         return Recorded(len(inserted), len(queued))
 
     def record_failure(self, number: str, error: str) -> None:
-        """Note a failed poll of ``number`` (for ``status``), creating no first-poll mark."""
+        """Note a failed poll of ``number`` (for ``status``). A number never polled
+        successfully gets a row without a first poll: its backfill is still ahead."""
         now = self.clock.now()
         with self.engine.begin() as conn:
             conn.execute(
-                numbers.update()
-                .where(numbers.c.number == number)
-                .values(
-                    last_poll_at=now,
-                    consecutive_failures=numbers.c.consecutive_failures + 1,
-                    last_error=error,
+                self.insert(numbers)
+                .values(number=number, last_poll_at=now, consecutive_failures=1, last_error=error)
+                .on_conflict_do_update(
+                    index_elements=[numbers.c.number],
+                    set_={
+                        "last_poll_at": now,
+                        "consecutive_failures": numbers.c.consecutive_failures + 1,
+                        "last_error": error,
+                    },
                 )
             )
 

@@ -129,6 +129,23 @@ async def test_status_after_poll_once(
     assert doc["outbound"] == {"pending": 0, "sent": 0, "failed": 0}
 
 
+@pytest.mark.anyio
+async def test_status_shows_a_token_rejected_from_the_start(sim: Simulator, tmp_path: Path) -> None:
+    """Numbers whose every poll failed (a bad token at install) show their failures."""
+    path = write_config(
+        tmp_path / "relay.toml", sim.url, NOWHERE, f"sqlite:///{tmp_path / 'relay.db'}"
+    )
+    sim.token = "not-the-configured-one"
+    code, _out, _err = await cli("poll-once", "--config", str(path))
+    assert code == 1
+    code, out, err = await cli("status", "--json", "--config", str(path))
+    assert code == 0, err
+    numbers = json.loads(out)["numbers"]
+    assert [n["consecutive_failures"] for n in numbers] == [1, 1]
+    assert all("rejected the token" in n["last_error"] for n in numbers)
+    assert all(n["last_success_at"] is None for n in numbers)
+
+
 def test_status_never_polled_and_leases(
     tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -67,7 +67,7 @@ def test_migrate_is_idempotent(store: Store) -> None:
     """Migrating an up-to-date store again changes nothing and does not fail."""
     store.migrate()
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 def test_record_queues_one_delivery_per_webhook(store: Store) -> None:
@@ -209,15 +209,19 @@ def test_prune_keeps_what_is_unsettled(store: Store, clock: FakeClock) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 2
 
 
-def test_failure_is_noted_for_known_numbers(store: Store) -> None:
-    """A failed poll updates a known number's state and does not mark a new one as polled."""
-    store.record_failure("+61400000009", "HTTP 500")
+def test_failures_are_noted_without_baselining(store: Store) -> None:
+    """A number failing from the start shows its failures; its backfill is still ahead."""
+    failing = "+61400000009"
+    store.record_failure(failing, "HTTP 500")
+    store.record_failure(failing, "HTTP 401")
     assert store.known_numbers() == set()
-    store.record(NUMBER, [], both)
-    store.record_failure(NUMBER, "HTTP 500")
+    query = sa.text("SELECT consecutive_failures, last_error FROM numbers WHERE number = :n")
     with store.engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT consecutive_failures, last_error FROM numbers")).one()
-    assert tuple(row) == (1, "HTTP 500")
+        assert tuple(conn.execute(query, {"n": failing}).one()) == (2, "HTTP 401")
+    store.record(failing, [], both)
+    assert store.known_numbers() == {failing}
+    with store.engine.connect() as conn:
+        assert tuple(conn.execute(query, {"n": failing}).one()) == (0, None)
 
 
 def test_text_round_trips(store: Store) -> None:
