@@ -30,8 +30,8 @@ import sqlalchemy as sa
 
 from relay.errors import RelayError
 from relay.logs import fields
-from relay.schema import deliveries, leases, outbound, relays
-from relay.store import AsyncStore, Store
+from relay.schema import leases, relays
+from relay.store import CLAIMABLE, AsyncStore, Store
 
 log = logging.getLogger("relay.leases")
 
@@ -63,7 +63,7 @@ def balance(store: Store, names: Sequence[str]) -> set[str]:
             .select_from(relays)
             .where(relays.c.heartbeat_at >= alive_since)
         ).scalar_one()
-        for table in (deliveries, outbound):
+        for table in CLAIMABLE:
             conn.execute(
                 table.update()
                 .where(table.c.claimed_by == me, table.c.claim_expires_at >= now)

@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -148,30 +148,8 @@ def queue_send(
 
 def claim(store: Store, limit: int) -> list[OutboundSms]:
     """Claim up to ``limit`` due outbound SMS for this relay."""
-    now = store.clock.now()
-    free = (
-        sa.select(outbound.c.id)
-        .where(
-            outbound.c.state == PENDING,
-            outbound.c.next_attempt_at <= now,
-            sa.or_(outbound.c.claim_expires_at.is_(None), outbound.c.claim_expires_at < now),
-        )
-        .order_by(outbound.c.next_attempt_at, outbound.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
     with store.engine.begin() as conn:
-        ids = list(
-            conn.scalars(
-                outbound.update()
-                .where(outbound.c.id.in_(free.scalar_subquery()))
-                .values(
-                    claimed_by=store.relay_id,
-                    claim_expires_at=now + timedelta(seconds=store.lease),
-                )
-                .returning(outbound.c.id)
-            )
-        )
+        ids = store.claim_ids(conn, outbound, limit)
         if not ids:
             return []
         rows = conn.execute(

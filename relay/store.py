@@ -33,7 +33,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from relay.clock import Clock
 from relay.errors import StoreError
@@ -82,6 +82,22 @@ def _due_columns() -> sa.Select[Any]:
         messages.c.text,
         messages.c.received_at,
     ).join(messages, messages.c.id == deliveries.c.message_id)
+
+
+#: The queue tables whose rows relays claim.
+CLAIMABLE = (deliveries, outbound)
+
+
+def _unclaim(conn: Connection, owner: str | None) -> int:
+    """Clear the claims of ``owner`` (everyone's with None) on every queue table."""
+    cleared = 0
+    for table in CLAIMABLE:
+        whose = table.c.claimed_by.is_not(None) if owner is None else table.c.claimed_by == owner
+        result = conn.execute(
+            table.update().where(whose).values(claimed_by=None, claim_expires_at=None)
+        )
+        cleared += result.rowcount or 0
+    return cleared
 
 
 def webhook_id(number: str, provider_id: str, webhook: str) -> str:
@@ -361,35 +377,43 @@ class Store:
 
     # --- delivering ---------------------------------------------------------
 
-    def claim(self, webhook: str, limit: int) -> list[DueDelivery]:
-        """Claim up to ``limit`` due deliveries to ``webhook`` for this relay, oldest first.
+    def claim_ids(
+        self, conn: Connection, table: sa.Table, limit: int, *where: sa.ColumnElement[bool]
+    ) -> list[int]:
+        """Claim for this relay up to ``limit`` pending rows of a queue table (``deliveries``
+        or ``outbound``) that are due and unclaimed, or whose claim lapsed; oldest first.
 
-        A claim lasts ``lease`` seconds unless renewed; while it lasts no other
-        relay takes the delivery (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+        A claim lasts ``lease`` seconds unless renewed; while it lasts no other relay
+        takes the row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL). Returns the ids.
         """
         now = self.clock.now()
         free = (
-            sa.select(deliveries.c.id)
+            sa.select(table.c.id)
             .where(
-                deliveries.c.webhook == webhook,
-                deliveries.c.state == PENDING,
-                deliveries.c.next_attempt_at <= now,
-                sa.or_(
-                    deliveries.c.claim_expires_at.is_(None), deliveries.c.claim_expires_at < now
-                ),
+                *where,
+                table.c.state == PENDING,
+                table.c.next_attempt_at <= now,
+                sa.or_(table.c.claim_expires_at.is_(None), table.c.claim_expires_at < now),
             )
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .order_by(table.c.next_attempt_at, table.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        claim = (
-            deliveries.update()
-            .where(deliveries.c.id.in_(free.scalar_subquery()))
-            .values(claimed_by=self.relay_id, claim_expires_at=now + timedelta(seconds=self.lease))
-            .returning(deliveries.c.id)
+        return list(
+            conn.scalars(
+                table.update()
+                .where(table.c.id.in_(free.scalar_subquery()))
+                .values(
+                    claimed_by=self.relay_id, claim_expires_at=now + timedelta(seconds=self.lease)
+                )
+                .returning(table.c.id)
+            )
         )
+
+    def claim(self, webhook: str, limit: int) -> list[DueDelivery]:
+        """Claim up to ``limit`` due deliveries to ``webhook`` for this relay, oldest first."""
         with self.engine.begin() as conn:
-            ids = list(conn.scalars(claim))
+            ids = self.claim_ids(conn, deliveries, limit, deliveries.c.webhook == webhook)
             if not ids:
                 return []
             rows = conn.execute(
@@ -465,12 +489,7 @@ class Store:
         (SQLite, under the instance lock), so a restart does not wait for a killed
         process's leases and claims to lapse."""
         with self.engine.begin() as conn:
-            for table in (deliveries, outbound):
-                conn.execute(
-                    table.update()
-                    .where(table.c.claimed_by.is_not(None))
-                    .values(claimed_by=None, claim_expires_at=None)
-                )
+            _unclaim(conn, None)
             conn.execute(leases.update().values(owner=None, expires_at=None))
             conn.execute(relays.delete())
         self.alone = True
@@ -478,17 +497,7 @@ class Store:
     def release_claims(self) -> int:
         """Give up this relay's claims (at shutdown), so the work is due again at once."""
         with self.engine.begin() as conn:
-            cut = conn.execute(
-                deliveries.update()
-                .where(deliveries.c.claimed_by == self.relay_id)
-                .values(claimed_by=None, claim_expires_at=None)
-            ).rowcount
-            cut += conn.execute(
-                outbound.update()
-                .where(outbound.c.claimed_by == self.relay_id)
-                .values(claimed_by=None, claim_expires_at=None)
-            ).rowcount
-        return int(cut or 0)
+            return _unclaim(conn, self.relay_id)
 
     def queue_stats(self) -> dict[str, tuple[int, int, datetime | None]]:
         """Per webhook: pending deliveries, dead ones, and when the oldest pending was queued."""
