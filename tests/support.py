@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from relay.config import (
     ApiConfig,
@@ -20,6 +23,7 @@ from relay.config import (
     TokenSource,
     WebhookConfig,
 )
+from relay.httpserver import Request, Response
 
 TOKEN = "test-token-5f2c"
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -190,3 +194,49 @@ async def cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+Item = tuple[dict[str, Any], bytes]
+
+
+def parse_envelope(raw: bytes) -> list[Item]:
+    """The items of a serialised Sentry envelope: (item header, payload)."""
+    _, _, rest = raw.partition(b"\n")
+    items = []
+    while rest.strip():
+        line, _, rest = rest.partition(b"\n")
+        if not line.strip():
+            continue
+        header = json.loads(line)
+        if "length" in header:
+            payload, rest = rest[: header["length"]], rest[header["length"] :]
+        else:
+            payload, _, rest = rest.partition(b"\n")
+        items.append((header, payload))
+    return items
+
+
+class FakeSentry:
+    """A loopback Sentry ingest endpoint that keeps the envelopes posted to it."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[bytes] = []
+        self.paths: list[str] = []
+
+    async def __call__(self, request: Request) -> Response:
+        """Store the (decompressed) envelope and answer 200."""
+        body = request.body
+        if request.headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.paths.append(request.path)
+        self.envelopes.append(body)
+        return Response(status=200, body=b"{}")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The event items of every envelope received."""
+        return [
+            json.loads(payload)
+            for raw in self.envelopes
+            for header, payload in parse_envelope(raw)
+            if header.get("type") == "event"
+        ]

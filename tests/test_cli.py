@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from relay import __version__
 from relay.cli import main
 from relay.receiver import WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import NUMBERS, SECRET, SENDER, TOKEN, cli, write_config
+from tests.support import NUMBERS, SECRET, SENDER, TOKEN, RelayProcess, cli, write_config
 
 COMMANDS = ["run", "check", "poll-once", "simulate", "demo"]
 
@@ -132,22 +131,12 @@ async def test_run_stops_cleanly_on_sigterm(
     config = write_config(
         tmp_path / "relay.toml", sim.url, receiver.url, f"sqlite:///{tmp_path / 'relay.db'}"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "run",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    relay = RelayProcess(config)
+    await relay.start()
     sim.inject(SENDER, NUMBERS[0], "hello")
     await receiver.wait_for(1, timeout=20)
-    proc.terminate()
-    _out, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 0
-    text = err.decode()
+    assert await relay.terminate() == 0
+    text = "\n".join(relay.lines)
     assert "relay.stopped" in text and "hello" not in text and TOKEN not in text
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
@@ -18,8 +17,9 @@ from sentry_sdk.transport import Transport
 from relay import sentry
 from relay.clock import FakeClock
 from relay.config import SentryConfig
-from relay.httpserver import HttpServer, Request, Response
+from relay.httpserver import HttpServer
 from relay.sentry import Alerts, Heartbeats, scrub_event, scrub_secret, scrub_text
+from tests.support import FakeSentry, parse_envelope
 
 TOKEN = "tok-7d1e5a9c3b2f4e6a8c0d"
 WEBHOOK_KEY = b"0123456789abcdef0123456789abcdef"
@@ -28,25 +28,6 @@ NUMBER = "+61400000001"
 SMS_TEXT = "Meet me at the usual place at 6"
 #: A DSN whose host never answers: the recording transport replaces the HTTP one.
 UNUSED_DSN = "http://public@127.0.0.1:9/1"
-
-Item = tuple[dict[str, Any], bytes]
-
-
-def parse_envelope(raw: bytes) -> list[Item]:
-    """The items of a serialised Sentry envelope: (item header, payload)."""
-    _, _, rest = raw.partition(b"\n")
-    items = []
-    while rest.strip():
-        line, _, rest = rest.partition(b"\n")
-        if not line.strip():
-            continue
-        header = json.loads(line)
-        if "length" in header:
-            payload, rest = rest[: header["length"]], rest[header["length"] :]
-        else:
-            payload, _, rest = rest.partition(b"\n")
-        items.append((header, payload))
-    return items
 
 
 class RecordingTransport(Transport):
@@ -342,23 +323,6 @@ def test_monitor_config_rounds_up_to_whole_minutes() -> None:
 
 
 # --- over real HTTP --------------------------------------------------------------------
-
-
-class FakeSentry:
-    """A loopback Sentry ingest endpoint that keeps the envelopes posted to it."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[bytes] = []
-        self.paths: list[str] = []
-
-    async def __call__(self, request: Request) -> Response:
-        """Store the (decompressed) envelope and answer 200."""
-        body = request.body
-        if request.headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.paths.append(request.path)
-        self.envelopes.append(body)
-        return Response(status=200, body=b"{}")
 
 
 @pytest.fixture

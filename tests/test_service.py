@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
-import json
 import re
 import signal
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +13,18 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.httpserver import HttpServer, Request, Response
+from relay.httpserver import HttpServer
 from relay.receiver import WebhookReceiver
 from relay.simulator import Simulator
-from tests.support import NUMBERS, SENDER, TOKEN, RelayProcess, write_config
+from tests.support import (
+    NUMBERS,
+    SENDER,
+    TOKEN,
+    FakeSentry,
+    RelayProcess,
+    cli,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -59,31 +64,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
     yield sock
     sock.sock.close()
-
-
-class FakeSentry:
-    """A loopback Sentry ingest endpoint that keeps the events posted to it."""
-
-    def __init__(self) -> None:
-        self.raw: list[bytes] = []
-
-    async def __call__(self, request: Request) -> Response:
-        """Keep the envelope; answer 200."""
-        body = request.body
-        if request.headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.raw.append(body)
-        return Response(status=200, body=b"{}")
-
-    def events(self) -> list[dict[str, object]]:
-        """The event items of every envelope."""
-        found = []
-        for raw in self.raw:
-            lines = raw.split(b"\n")
-            for i, line in enumerate(lines[1:-1], start=1):
-                if b'"type":"event"' in line.replace(b" ", b""):
-                    found.append(json.loads(lines[i + 1]))
-        return found
 
 
 async def _listening(relay: RelayProcess) -> str:
@@ -187,7 +167,7 @@ async def test_rejected_token_turns_readyz_503_and_reaches_sentry_once(
         assert await relay.terminate() == 0
     events = ingest.events()
     assert len(events) == 1, events
-    everything = b"".join(ingest.raw)
+    everything = b"".join(ingest.envelopes)
     assert b"rejected the token" in everything
     for secret in (TOKEN, "rotated-elsewhere", NUMBERS[0], NUMBERS[1]):
         assert secret.encode() not in everything
@@ -223,19 +203,8 @@ async def test_second_relay_on_one_sqlite_store_refuses(
     config = _config(tmp_path, sim, receiver)
     first = RelayProcess(config)
     await first.start()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "run",
-        "--config",
-        str(config),
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    _out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    message = err.decode()
+    code, _out, message = await cli("run", "--config", str(config), timeout=30)
+    assert code == 1
     assert message.count("\n") == 1 and "already running on the store" in message
     assert await first.terminate() == 0
 
