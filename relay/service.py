@@ -287,7 +287,10 @@ class Service:
                         on_reloaded=self._reloaded,
                     )
                 )
-                await _first(started.wait(), runner)
+                # Until the relay has started, or has failed to (then raise its error).
+                starting = asyncio.create_task(started.wait())
+                await asyncio.wait([starting, runner], return_when=asyncio.FIRST_COMPLETED)
+                starting.cancel()
                 if runner.done():
                     runner.result()
                 self.notifier.ready(self._summary(0))
@@ -328,9 +331,3 @@ class Service:
 def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else (now - then).total_seconds()
 
-
-async def _first(wait: object, task: asyncio.Task[None]) -> None:
-    """Until the coroutine ``wait`` finishes or ``task`` ends (for example by failing)."""
-    waiter = asyncio.ensure_future(wait)  # type: ignore[call-overload]
-    await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
