@@ -108,19 +108,15 @@ class Lane(Worker[DueDelivery]):
         return await self._store.call(self._store.sync.next_due, self.config.name)
 
     async def process(self, item: DueDelivery) -> None:
-        """Send one delivery and record what came of it."""
-        await self._deliver(item)
-
-    async def _deliver(self, delivery: DueDelivery) -> None:
-        """Send, then hand the outcome to the group commit and free the slot at once.
+        """Send one delivery, then hand the outcome to the group commit and free the slot.
 
         Until the outcome is committed the delivery stays claimed by this relay, so
         nothing claims it again; the slot's connection goes straight to the next one.
         """
-        answer = await self.webhook.send(delivery)
-        outcome = self._outcome(delivery, answer)
+        answer = await self.webhook.send(item)
+        outcome = self._outcome(item, answer)
         self._writer.submit(outcome).add_done_callback(
-            lambda saved: self._recorded(delivery, outcome, saved)
+            lambda saved: self._recorded(item, outcome, saved)
         )
 
     def _recorded(
