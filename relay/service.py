@@ -330,4 +330,3 @@ class Service:
 
 def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else (now - then).total_seconds()
-
