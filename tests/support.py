@@ -9,9 +9,16 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sentry_sdk
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
+
+from relay import sentry
 from relay.config import (
     ApiConfig,
     Backfill,
@@ -19,6 +26,7 @@ from relay.config import (
     NumberConfig,
     PollConfig,
     RunConfig,
+    SentryConfig,
     StoreConfig,
     TokenSource,
     WebhookConfig,
@@ -240,3 +248,46 @@ class FakeSentry:
             for header, payload in parse_envelope(raw)
             if header.get("type") == "event"
         ]
+
+
+#: A DSN whose host never answers: the recording transport replaces the HTTP one.
+UNUSED_DSN = "http://public@127.0.0.1:9/1"
+
+
+class RecordingTransport(Transport):
+    """Keeps every envelope, serialised exactly as it would be sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[bytes] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        """Record the envelope's bytes."""
+        self.raw.append(envelope.serialize())
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        """The JSON payloads of every item of type ``kind`` recorded so far."""
+        return [
+            json.loads(payload)
+            for raw in self.raw
+            for header, payload in parse_envelope(raw)
+            if header.get("type") == kind
+        ]
+
+    def everything(self) -> bytes:
+        """All bytes that would have left the process."""
+        return b"".join(self.raw)
+
+
+@contextmanager
+def recording_sentry() -> Iterator[RecordingTransport]:
+    """Sentry set up with a recording transport, shut down and forgotten afterwards."""
+    recording = RecordingTransport()
+    config = SentryConfig(dsn=UNUSED_DSN, environment="test")
+    assert sentry.setup(config, version="9.9.9", transport=recording) is True
+    try:
+        yield recording
+    finally:
+        sentry.close()
+        for scope in (sentry_sdk.get_isolation_scope(), sentry_sdk.get_current_scope()):
+            scope.clear()

@@ -11,62 +11,32 @@ from typing import Any
 import anyio
 import pytest
 import sentry_sdk
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import Transport
 
 from relay import sentry
 from relay.clock import FakeClock
 from relay.config import SentryConfig
 from relay.httpserver import HttpServer
 from relay.sentry import Alerts, Heartbeats, scrub_event, scrub_secret, scrub_text
-from tests.support import FakeSentry, parse_envelope
+from tests.support import (
+    UNUSED_DSN,
+    FakeSentry,
+    RecordingTransport,
+    parse_envelope,
+    recording_sentry,
+)
 
 TOKEN = "tok-7d1e5a9c3b2f4e6a8c0d"
 WEBHOOK_KEY = b"0123456789abcdef0123456789abcdef"
 SENDER = "+61412345678"
 NUMBER = "+61400000001"
 SMS_TEXT = "Meet me at the usual place at 6"
-#: A DSN whose host never answers: the recording transport replaces the HTTP one.
-UNUSED_DSN = "http://public@127.0.0.1:9/1"
-
-
-class RecordingTransport(Transport):
-    """Keeps every envelope, serialised exactly as it would be sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.raw: list[bytes] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        """Record the envelope's bytes."""
-        self.raw.append(envelope.serialize())
-
-    def items(self, kind: str) -> list[dict[str, Any]]:
-        """The JSON payloads of every item of type ``kind`` recorded so far."""
-        return [
-            json.loads(payload)
-            for raw in self.raw
-            for header, payload in parse_envelope(raw)
-            if header.get("type") == kind
-        ]
-
-    def everything(self) -> bytes:
-        """All bytes that would have left the process."""
-        return b"".join(self.raw)
 
 
 @pytest.fixture
 def transport() -> Iterator[RecordingTransport]:
     """Sentry set up with a recording transport, shut down and forgotten afterwards."""
-    recording = RecordingTransport()
-    config = SentryConfig(dsn=UNUSED_DSN, environment="test")
-    assert sentry.setup(config, version="9.9.9", transport=recording) is True
-    try:
+    with recording_sentry() as recording:
         yield recording
-    finally:
-        sentry.close()
-        for scope in (sentry_sdk.get_isolation_scope(), sentry_sdk.get_current_scope()):
-            scope.clear()
 
 
 def test_setup_without_config_does_nothing() -> None:
