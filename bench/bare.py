@@ -2,8 +2,9 @@
 
 ``python -m bench.bare --config PATH`` reads the relay's own config and does the
 relay's job with nothing durable: each number is polled on the same schedule as the
-relay's (first polls spread evenly over the interval, then every interval, a late
-poll skipping the ticks it missed), through one :class:`httpx.AsyncClient`. The ids
+relay's (first polls at once, spread over min(interval, 1 s); then each number in its
+slot of the interval, slots spread evenly, jitter at most a tenth of the interval; a
+late poll skipping the ticks it missed), through one :class:`httpx.AsyncClient`. The ids
 seen are kept in a set per number, checked on the raw JSON before anything is parsed;
 only new items go through :func:`relay.inbound.parse_message`. Each new message is
 signed with :mod:`relay.signing` and POSTed by a fixed pool of ``concurrency``
@@ -38,6 +39,9 @@ from relay.signing import headers as signed_headers
 
 API_PREFIX = "/api/v2"
 USER_AGENT = "aatrox-bare-forwarder"
+#: As relay.scheduler (not imported: it would bring the relay's store into the baseline).
+FIRST_POLLS_WITHIN = 1.0
+JITTER_SHARE = 0.1
 
 
 def webhook_id(number: str, provider_id: str, webhook: str) -> str:
@@ -125,7 +129,13 @@ class BareForwarder:
         start = time.monotonic()
         count = len(self.config.numbers) or 1
         pollers = [
-            asyncio.create_task(self._schedule(n, start + n.interval * i / count))
+            asyncio.create_task(
+                self._schedule(
+                    n,
+                    start + min(n.interval, FIRST_POLLS_WITHIN) * i / count,
+                    start + n.interval * i / count,
+                )
+            )
             for i, n in enumerate(self.config.numbers)
         ]
         await stop.wait()
@@ -134,20 +144,22 @@ class BareForwarder:
         await asyncio.gather(*pollers, *workers, return_exceptions=True)
         await self.client.aclose()
 
-    async def _schedule(self, number: NumberConfig, first: float) -> None:
-        jitter = self.config.poll.jitter
-        tick = first
+    async def _schedule(self, number: NumberConfig, first: float, slot: float) -> None:
+        """Poll at ``first`` (no jitter), then at ``slot`` (if later) and every interval."""
+        jitter = min(self.config.poll.jitter, number.interval * JITTER_SHARE)
+        tick, shift = first, 0.0
         while True:
-            delay = tick + (random.uniform(0, jitter) if jitter else 0.0) - time.monotonic()
+            delay = tick + shift - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             async with self.poll_slots:
                 with contextlib.suppress(httpx.HTTPError, ValueError, ApiInvalidResponse):
                     await self._poll(number)
             now = time.monotonic()
-            tick += number.interval
+            tick = slot if slot > tick else tick + number.interval
             if tick < now:  # coalesce the ticks missed
                 tick += (now - tick) // number.interval * number.interval + number.interval
+            shift = random.uniform(0, jitter) if jitter else 0.0
 
     async def _poll(self, number: NumberConfig) -> None:
         params = {"to": number.number}

@@ -13,7 +13,8 @@ and answers 204. Control endpoints, on the receiver's port::
     POST /_bench/traffic  {"numbers", "rate", "seconds", "sender"}: inject at a steady
                           rate in the background, each on a random number, noting when
     GET  /_bench/stats    counters and first/last times (see :meth:`Sink.stats`); last_new
-                          is when the latest first arrival of a message id came
+                          is when the latest first arrival of a message id came;
+                          first_polls is when each number (``to``) was first polled
     GET  /_bench/wait?unique=N&timeout=S   the stats once N distinct messages arrived
     GET  /_bench/latencies  arrival minus injection, per traffic message delivered
 """
@@ -54,6 +55,8 @@ class CountingSimulator(Simulator):
         self.receives = 0
         self.first_receive: float | None = None
         self.last_receive: float | None = None
+        #: When each number (the ``to`` of a receive request) was first polled.
+        self.first_polls: dict[str, float] = {}
 
     async def _handle(self, request: Request) -> Response:
         if request.path == RECEIVE_PATH:
@@ -62,6 +65,7 @@ class CountingSimulator(Simulator):
             if self.first_receive is None:
                 self.first_receive = now
             self.last_receive = now
+            self.first_polls.setdefault(request.query.get("to", ""), now)
         return await super()._handle(request)
 
 
@@ -130,6 +134,7 @@ class Sink:
             "receives": sim.receives,
             "first_receive": sim.first_receive,
             "last_receive": sim.last_receive,
+            "first_polls": sim.first_polls,
             "webhooks": self.webhooks,
             "unique": len(self.arrivals),
             "duplicates": self.webhooks - self.bad - len(self.arrivals),

@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT = 15.0
 #: How long the peers get to print their addresses.
 PEERS_START_TIMEOUT = 20.0
+#: While waiting for READY=1, how often to look at whether the forwarder is still alive.
+CHECK_ALIVE_EVERY = 0.5
+#: How often to ask the peers which numbers have been polled.
+FIRST_POLLS_CHECK_EVERY = 0.05
 
 
 class BenchError(Exception):
@@ -63,6 +68,12 @@ class Env:
     profile: str | None = None
     profile_dir: Path | None = None
 
+    @property
+    def cwd(self) -> Path:
+        """Where subprocesses run: ``python -m`` puts it first on sys.path, so it is
+        ``--relay-path`` when one is given (else the repository's ``relay`` is imported)."""
+        return self.relay_path or ROOT
+
     def environ(self) -> dict[str, str]:
         """The environment of every subprocess."""
         paths = [str(self.relay_path)] if self.relay_path else []
@@ -84,7 +95,7 @@ class Peers:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            cwd=ROOT,
+            cwd=env.cwd,
             env=env.environ(),
             text=True,
         )
@@ -163,7 +174,15 @@ class Peers:
 class Forwarder:
     """One measured process: the relay (``python -m relay run``) or the bare forwarder."""
 
-    def __init__(self, env: Env, kind: str, config: Path, label: str) -> None:
+    def __init__(
+        self,
+        env: Env,
+        kind: str,
+        config: Path,
+        label: str,
+        *,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.label = label
         self.log_path = env.workdir / f"{label}.log"
@@ -174,13 +193,15 @@ class Forwarder:
             self._profile_out = env.profile_dir / f"{label}.prof"
             command[1:1] = ["-m", "cProfile", "-o", str(self._profile_out)]
         self._log = self.log_path.open("w")
+        #: :func:`time.monotonic` just before the exec.
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=env.environ(),
+            cwd=env.cwd,
+            env={**env.environ(), **(extra_env or {})},
         )
         self.pid = self.proc.pid
         self._spy: subprocess.Popen[bytes] | None = None
@@ -243,6 +264,72 @@ class Forwarder:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class Notify:
+    """A systemd notify socket of the bench's own: when a forwarder said READY=1.
+
+    Pass :meth:`environ` to the forwarder; :meth:`wait_ready` returns the
+    :func:`time.monotonic` at which READY=1 arrived.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(str(path))
+
+    def environ(self) -> dict[str, str]:
+        """``$NOTIFY_SOCKET`` pointing here."""
+        return {"NOTIFY_SOCKET": str(self.path)}
+
+    def wait_ready(self, forwarder: Forwarder, timeout: float) -> float:
+        """When READY=1 arrived; BenchError if the forwarder exits or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                msg = f"{forwarder.label} did not send READY=1 within {timeout:g}s"
+                raise BenchError(msg)
+            self.sock.settimeout(min(left, CHECK_ALIVE_EVERY))
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                forwarder.check()
+                continue
+            if b"READY=1" in data.split(b"\n"):
+                return time.monotonic()
+
+    def close(self) -> None:
+        """Close and remove the socket."""
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Notify:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def first_polls(
+    peers: Peers, forwarder: Forwarder, polled: list[str], timeout: float
+) -> dict[str, float]:
+    """When each of ``polled`` was first polled (:func:`time.monotonic`), waiting for all."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen: dict[str, float] = peers.stats()["first_polls"]
+        if all(number in seen for number in polled):
+            return {number: seen[number] for number in polled}
+        forwarder.check()
+        if time.monotonic() > deadline:
+            msg = f"{forwarder.label} polled {len(seen)} of {len(polled)} numbers in {timeout:g}s"
+            raise BenchError(msg)
+        time.sleep(FIRST_POLLS_CHECK_EVERY)
 
 
 def wait_for_polls(

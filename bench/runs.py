@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.procs import Env, Forwarder, Peers, memory_bytes, wait_for_polls
+from bench.procs import Env, Forwarder, Notify, Peers, first_polls, memory_bytes, wait_for_polls
 from bench.stores import numbers, write_config
 
 KINDS = ("relay", "bare")
@@ -26,6 +26,10 @@ IDLE_LEAST = 100
 LATENCY_RATE = 50.0
 LATENCY_NUMBERS = 50
 LATENCY_INTERVAL = 1.0
+STARTUP_NUMBERS = 3
+STARTUP_INTERVAL = 0.5
+#: The default poll.jitter: start-up is measured as a user runs the relay.
+STARTUP_JITTER = 1.0
 #: How long a forwarder may take from its start to its first poll.
 STARTUP_TIMEOUT = 60.0
 #: How often a long wait looks at whether the forwarders are still alive.
@@ -82,6 +86,25 @@ class Idle:
     cpu_per_poll: float
     rss: int
     peak_rss: int
+
+
+@dataclass(frozen=True)
+class Startup:
+    """One start: seconds from the exec to READY=1 and to each number's first poll."""
+
+    #: None for the bare forwarder, which does not speak systemd's notify protocol.
+    ready: float | None
+    polls: tuple[float, ...]
+
+    @property
+    def all_polled(self) -> float:
+        """Exec to the last number's first poll."""
+        return max(self.polls)
+
+    @property
+    def after_ready(self) -> float:
+        """READY=1 to the last number's first poll."""
+        return self.all_polled - (self.ready or 0.0)
 
 
 @dataclass(frozen=True)
@@ -211,3 +234,33 @@ def run_latency(settings: Settings, kind: str) -> Latency:
             cpu = forwarder.cpu() - cpu_before
         injected, latencies = peers.latencies()
     return Latency(injected, latencies, cpu)
+
+
+def run_startup(settings: Settings, label: str, kind: str, store_url: str) -> Startup:
+    """Start a forwarder polling STARTUP_NUMBERS numbers; time its READY=1 and first polls.
+
+    The clock starts just before the exec; READY=1 is when the bench's own
+    ``$NOTIFY_SOCKET`` received it; a first poll is when the simulator served it.
+    """
+    env = settings.env
+    polled = numbers(STARTUP_NUMBERS)
+    with (
+        Peers(env, listing_limit=LISTING_LIMIT) as peers,
+        Notify(env.workdir / f"{label}.sock") as notify,
+    ):
+        config = write_config(
+            env.workdir / f"{label}.toml",
+            peers,
+            store_url,
+            polled,
+            interval=STARTUP_INTERVAL,
+            jitter=STARTUP_JITTER,
+        )
+        with Forwarder(env, kind, config, label, extra_env=notify.environ()) as forwarder:
+            ready = notify.wait_ready(forwarder, STARTUP_TIMEOUT) if kind == "relay" else None
+            polls = first_polls(peers, forwarder, polled, STARTUP_TIMEOUT)
+    started = forwarder.started_at
+    return Startup(
+        None if ready is None else ready - started,
+        tuple(polls[number] - started for number in polled),
+    )

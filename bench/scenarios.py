@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,15 +18,20 @@ from bench.runs import (
     LATENCY_NUMBERS,
     LATENCY_RATE,
     LISTING_LIMIT,
+    STARTUP_INTERVAL,
+    STARTUP_JITTER,
+    STARTUP_NUMBERS,
     Burst,
     Settings,
+    Startup,
     run_burst,
     run_idle,
     run_latency,
+    run_startup,
 )
 from bench.stores import fill_sqlite, migrate, numbers, postgres_database, postgres_reachable
 
-SCENARIOS = ("burst", "idle", "latency", "big-store", "memory", "scale-out")
+SCENARIOS = ("burst", "idle", "latency", "big-store", "memory", "scale-out", "start-up")
 #: Scenarios whose row is computed from another scenario's runs.
 NEEDS = {"memory": "idle", "big-store": "burst"}
 
@@ -41,6 +47,10 @@ MEMORY_TARGET = 100 * 1024 * 1024
 SCALE_OUT_NUMBERS = 40
 SCALE_OUT_RELAYS = 2
 SCALE_OUT_TARGET = 1.6
+#: Exec to READY=1, at most.
+READY_TARGET = 0.7
+#: Every number polled once within this long after READY=1, at most (and within its interval).
+ALL_POLLED_AFTER_READY = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ def run_scenarios(settings: Settings, chosen: list[str]) -> Report:
         "big-store": _big_store,
         "memory": _memory,
         "scale-out": _scale_out,
+        "start-up": _start_up,
     }
     for name in SCENARIOS:
         if name in wanted:
@@ -294,4 +305,62 @@ def _scale_out(settings: Settings, report: Report, state: dict[str, Any]) -> Non
         f"{_rates(runs[1])}, {SCALE_OUT_RELAYS} relays {_rates(runs[SCALE_OUT_RELAYS])}). "
         f"1 relay: {one.describe()}; "
         f"{SCALE_OUT_RELAYS} relays: {many.describe()}"
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s"
+
+
+def _start_up(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    workdir = settings.env.workdir
+    store = f"sqlite:///{workdir / 'start-up.db'}"
+    fresh = run_startup(settings, "start-up-fresh", "relay", store)
+    starts = 2 * settings.repeat + 1
+    relay_runs: list[Startup] = []
+    bare_runs: list[Startup] = []
+    for i in range(1, starts + 1):
+        relay_runs.append(run_startup(settings, f"start-up-relay-{i}", "relay", store))
+        bare_runs.append(run_startup(settings, f"start-up-bare-{i}", "bare", "sqlite:///unused.db"))
+    ready = statistics.median(run.ready or 0.0 for run in relay_runs)
+    polled = statistics.median(run.all_polled for run in relay_runs)
+    after = statistics.median(run.after_ready for run in relay_runs)
+    bare_first = statistics.median(min(run.polls) for run in bare_runs)
+    bare_polled = statistics.median(run.all_polled for run in bare_runs)
+    limit = min(STARTUP_INTERVAL, ALL_POLLED_AFTER_READY)
+    report.rows.append(
+        Row(
+            "start-up",
+            "start-up: exec to READY",
+            _seconds(ready),
+            f"first poll: {_seconds(bare_first)}",
+            f"{_seconds(ready)} / <= {_seconds(READY_TARGET)}",
+            ready <= READY_TARGET,
+            {"relay": ready, "bare": bare_first, "ratio": ready / READY_TARGET},
+        )
+    )
+    report.rows.append(
+        Row(
+            "start-up",
+            "start-up: all polled",
+            _seconds(polled),
+            _seconds(bare_polled),
+            f"READY + {_seconds(after)} / <= READY + {_seconds(limit)}",
+            after <= limit,
+            {"relay": polled, "bare": bare_polled, "ratio": after / limit},
+        )
+    )
+
+    def each(runs: list[Startup], value: Callable[[Startup], float]) -> str:
+        return ", ".join(f"{value(run):.2f}" for run in runs) + " s"
+
+    report.notes.append(
+        f"start-up: exec to READY=1 (on a notify socket of the bench's own) and to the "
+        f"first poll of every number, {STARTUP_NUMBERS} numbers at {STARTUP_INTERVAL:g}s, "
+        f"poll.jitter {STARTUP_JITTER:g}s (the default), a SQLite store already migrated; "
+        f"median of {starts} starts (relay READY {each(relay_runs, lambda r: r.ready or 0.0)}; "
+        f"all polled {each(relay_runs, lambda r: r.all_polled)}; bare all polled "
+        f"{each(bare_runs, lambda r: r.all_polled)}). The first start, on an empty store "
+        f"(migrations applied): READY {_seconds(fresh.ready or 0.0)}, all polled "
+        f"{_seconds(fresh.all_polled)}"
     )

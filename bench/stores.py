@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bench.procs import ROOT, BenchError, Env, Peers
+from bench.procs import BenchError, Env, Peers
 
 WEBHOOK_NAME = "bench"
 #: History messages per number in a filled store.
@@ -49,6 +49,7 @@ def write_config(
     *,
     interval: float,
     backfill: str = "all",
+    jitter: float = 0.0,
 ) -> Path:
     """A relay config polling ``polled`` on the peers' simulator, delivering to their sink.
 
@@ -70,7 +71,7 @@ url = "{store_url}"
 
 [poll]
 interval = "{interval:g}s"
-jitter = 0
+jitter = "{jitter:g}s"
 backfill = "{backfill}"
 {entries}
 [[webhooks]]
@@ -98,7 +99,7 @@ def migrate(env: Env, store_url: str) -> None:
         [sys.executable, "-m", "relay", "poll-once", "--config", str(config)],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=env.cwd,
         env=env.environ(),
         timeout=120,
     )

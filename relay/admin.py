@@ -31,12 +31,27 @@ from relay.errors import ConfigError, InvalidNumber, StoreError
 from relay.inbound import InboundMessage
 from relay.outbox import OutboundSms, check_text, counts, send_now
 from relay.phone import normalise
-from relay.schema import DEAD, DELIVERED, PENDING, deliveries, leases, messages, numbers, outbound
+from relay.schema import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    UNKNOWN,
+    deliveries,
+    leases,
+    messages,
+    numbers,
+    outbound,
+)
 from relay.store import LOOKUP_CHUNK, Store
 from relay.worker import IDLE_RECHECK
 
 #: Rows ``deliveries list`` shows unless ``--limit`` says otherwise.
 DEFAULT_LIST_LIMIT = 50
+#: What ``status`` says of outbound SMS whose send had an unknown outcome.
+UNKNOWN_HINT = (
+    "the request went out and no answer came: check with the provider before sending again"
+    " (relay.outbox.unknown in the log; [outbound] retry_unknown = true retries them)"
+)
 NONE = "-"
 
 
@@ -66,6 +81,12 @@ class NumberStatus:
     last_success_at: datetime | None
     consecutive_failures: int
     last_error: str | None
+    #: When the gap episode under way began (a listing outran the relay); None: none.
+    gap_since: datetime | None
+    #: Listings that outran the relay, ever.
+    gaps: int
+    #: Listed messages reported as unresolved (details never had).
+    unresolved: int
     lease_owner: str | None
     lease_expires_at: datetime | None
 
@@ -98,7 +119,15 @@ def status(store: Store, config: Config) -> Status:
     """Every configured number and webhook (and any other webhook with deliveries)."""
     now = store.clock.now()
     d, n = deliveries.c, numbers.c
-    columns = (n.last_poll_at, n.last_success_at, n.consecutive_failures, n.last_error)
+    columns = (
+        n.last_poll_at,
+        n.last_success_at,
+        n.consecutive_failures,
+        n.last_error,
+        n.gap_since,
+        n.gaps,
+        n.unresolved,
+    )
     with store.engine.connect() as conn:
         polled = {row[0]: row[1:] for row in conn.execute(sa.select(n.number, *columns))}
         lease = sa.select(leases.c.name, leases.c.owner, leases.c.expires_at)
@@ -121,7 +150,7 @@ def status(store: Store, config: Config) -> Status:
             ).first()
             for hook in hooks
         }
-    never, free = (None, None, 0, None), (None, None)
+    never, free = (None, None, 0, None, None, 0, 0), (None, None)
     number_rows = [
         NumberStatus(c.number, *polled.get(c.number, never), *held.get(c.number, free))
         for c in config.numbers
@@ -155,13 +184,14 @@ def status_text(found: Status) -> str:
     """``status`` for a terminal: aligned columns, ages relative to now."""
     now = found.now
     numbers_table = table(
-        ["NUMBER", "LAST POLL", "LAST SUCCESS", "FAILURES", "LEASE", "LAST ERROR"],
+        ["NUMBER", "LAST POLL", "LAST SUCCESS", "FAILURES", "GAP", "LEASE", "LAST ERROR"],
         [
             [
                 logs.number(n.number),
                 ago(n.last_poll_at, now),
                 ago(n.last_success_at, now),
                 str(n.consecutive_failures),
+                _gap(n, now),
                 cell(n.lease_owner),
                 cell(n.last_error),
             ]
@@ -183,7 +213,21 @@ def status_text(found: Status) -> str:
         ],
     )
     outbox = ", ".join(f"{n} {state}" for state, n in found.outbound.items())
+    if found.outbound.get(UNKNOWN):
+        outbox += f"\n  {UNKNOWN}: {UNKNOWN_HINT}"
     return f"numbers\n{numbers_table}\nwebhooks\n{hooks_table}\noutbound sms: {outbox}"
+
+
+def _gap(n: NumberStatus, now: datetime) -> str:
+    """What ``status`` says of a number's gaps and unresolved messages."""
+    parts = []
+    if n.gap_since is not None:
+        parts.append(f"NOW since {ago(n.gap_since, now)}")
+    if n.gaps:
+        parts.append(f"{n.gaps} ever")
+    if n.unresolved:
+        parts.append(f"{n.unresolved} unresolved")
+    return ", ".join(parts) or NONE
 
 
 def status_report(config: Config, *, as_json: bool) -> str:

@@ -30,6 +30,7 @@ from relay.errors import (
     ApiError,
     ApiInvalidResponse,
     ApiNotFound,
+    ApiOutcomeUnknown,
     ApiRateLimited,
     ApiResponseTooLarge,
     ApiServerError,
@@ -52,6 +53,22 @@ ERROR_BODY_LIMIT = 64 * 1024
 DETAIL_LIMIT = 200
 #: Keys of an error answer that may hold the provider's explanation.
 DETAIL_KEYS = ("error", "message", "detail", "error_description")
+
+#: Transport failures after which a request may have reached the API: it was (or may
+#: have been) written and no answer came. A server closing a kept-alive connection
+#: before reading our request also ends in RemoteProtocolError: ambiguous, so unknown.
+#: Every other failure (ConnectError, ConnectTimeout, PoolTimeout...) is before sending.
+MAYBE_SENT: tuple[type[httpx.HTTPError], ...] = (
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.CloseError,
+    httpx.RemoteProtocolError,
+)
+
+#: How an error message says that a send's outcome is unknown.
+MAY_BE_SENT = "; the API may have accepted it"
 
 # Digit runs that may be phone numbers, to mask in quoted provider messages.
 _PHONE_LIKE = re.compile(r"\+?\d(?:[ -]?\d){6,}")
@@ -173,13 +190,15 @@ class AatroxClient:
     # --- internals -------------------------------------------------------
 
     async def _post(self, path: str, body: Mapping[str, object], text: str) -> dict[str, object]:
+        """A send: its outcome is :class:`ApiOutcomeUnknown` whenever it may have been
+        accepted without the relay being told so, never a retryable error."""
         label = f"POST {path}"
-        payload = await self._call("POST", path, label, json_body=body, secret=text)
+        payload = await self._call("POST", path, label, json_body=body, secret=text, once=True)
         if payload is None:
             return {}
         if not isinstance(payload, dict):
-            msg = f"{label}: expected a JSON object, got {type(payload).__name__}"
-            raise ApiInvalidResponse(msg)
+            msg = f"{label}: expected a JSON object, got {type(payload).__name__}{MAY_BE_SENT}"
+            raise ApiOutcomeUnknown(msg)
         return payload
 
     async def _call(
@@ -192,26 +211,31 @@ class AatroxClient:
         json_body: object = None,
         need_body: bool = False,
         secret: str | None = None,
+        once: bool = False,
     ) -> object:
-        """Make one request; the decoded JSON answer (None for an empty 2xx body)."""
+        """Make one request; the decoded JSON answer (None for an empty 2xx body).
+
+        ``once`` marks a request that must not be repeated blindly (a send): a failure
+        after it may have reached the API (see :data:`MAYBE_SENT`), or a 2xx answer that
+        cannot be read, raises :class:`ApiOutcomeUnknown`. A failure before anything was
+        sent, and an error status, raise as for any other request.
+        """
         request = self._client.build_request(method, path, params=params, json=json_body)
+        accepted = False  # a 2xx status line arrived
         try:
             response = await self._client.send(request, stream=True)
             try:
                 status = response.status_code
-                ok = 200 <= status < 300
+                ok = accepted = 200 <= status < 300
                 data = await self._read(response, label, ok)
             finally:
                 await response.aclose()
-        except httpx.TimeoutException as exc:
-            msg = f"{label}: no answer within {self._timeout:g}s ({type(exc).__name__})"
-            raise ApiTimeout(msg) from None
-        except httpx.DecodingError:
-            msg = f"{label}: the answer's content-encoding does not decode"
-            raise ApiInvalidResponse(msg) from None
-        except httpx.TransportError as exc:
-            msg = f"{label}: connection failed ({type(exc).__name__}: {_one_line(str(exc))})"
-            raise ApiConnectionError(msg) from None
+        except (httpx.HTTPError, ApiError) as exc:
+            if once and (accepted or isinstance(exc, MAYBE_SENT)):
+                raise self._unknown(label, exc) from None
+            if isinstance(exc, ApiError):
+                raise
+            raise self._transport_error(label, exc) from None
         if not ok:
             raise self._status_error(response, data, label, secret)
         if not data:
@@ -227,7 +251,32 @@ class AatroxClient:
                 f"{label}: {_status_text(response)} answer is not JSON "
                 f"(content-type {content_type[:60]})"
             )
+            if once:
+                raise ApiOutcomeUnknown(msg + MAY_BE_SENT) from None
             raise ApiInvalidResponse(msg) from None
+
+    def _transport_error(self, label: str, exc: httpx.HTTPError) -> Exception:
+        """The ApiError for a failed exchange (``exc`` itself when it is no transport error)."""
+        if isinstance(exc, httpx.TimeoutException):
+            msg = f"{label}: no answer within {self._timeout:g}s ({type(exc).__name__})"
+            return ApiTimeout(msg)
+        if isinstance(exc, httpx.DecodingError):
+            msg = f"{label}: the answer's content-encoding does not decode"
+            return ApiInvalidResponse(msg)
+        if isinstance(exc, httpx.TransportError):
+            msg = f"{label}: connection failed ({type(exc).__name__}: {_one_line(str(exc))})"
+            return ApiConnectionError(msg)
+        return exc
+
+    def _unknown(self, label: str, exc: Exception) -> ApiOutcomeUnknown:
+        """The request went out (or a 2xx began) and ``exc`` cut the exchange short."""
+        if isinstance(exc, ApiError):
+            what = str(exc).removeprefix(f"{label}: ")
+        elif isinstance(exc, httpx.TimeoutException):
+            what = f"sent, but no answer within {self._timeout:g}s ({type(exc).__name__})"
+        else:
+            what = f"sent, but the exchange failed ({type(exc).__name__}: {_one_line(str(exc))})"
+        return ApiOutcomeUnknown(f"{label}: {what.rstrip()}{MAY_BE_SENT}")
 
     async def _read(self, response: httpx.Response, label: str, ok: bool) -> bytes:
         """The body as a stream, within ``api.max_response_bytes`` and ``api.timeout``.

@@ -197,7 +197,7 @@ masked unless log.pii; keys may be added, never renamed or removed:
                 "lease_owner", "lease_expires_at"}],
    "webhooks": [{"name", "configured", "pending", "delivered", "dead",
                  "oldest_pending_at", "last_error", "last_error_at"}],
-   "outbound": {"pending", "sent", "failed"}}
+   "outbound": {"pending", "sent", "failed", "unknown"}}
 A lease is shown only while unexpired; a number never polled has nulls.
 """
 

@@ -53,6 +53,9 @@ DEFAULT_GIVE_UP_AFTER = 3 * 86400.0
 DEFAULT_WEBHOOK_CONCURRENCY = 8
 DEFAULT_LEASE = 15.0
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+#: An SMS whose send had an unknown outcome is not sent again unless told: a repeat
+#: costs money and annoys its recipient.
+DEFAULT_RETRY_UNKNOWN = False
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,15 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class OutboundConfig:
+    """``[outbound]``: sending SMS (replies and ``POST /v1/send``)."""
+
+    #: Send again an SMS whose earlier attempt may or may not have reached the API
+    #: (the request went out, no answer came), at the risk of sending it twice.
+    retry_unknown: bool = DEFAULT_RETRY_UNKNOWN
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -215,6 +227,7 @@ class Config:
     http: HttpConfig | None = None
     sentry: SentryConfig | None = None
     run: RunConfig = field(default_factory=RunConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
     path: Path | None = None
 
     def webhook(self, name: str) -> WebhookConfig:
@@ -252,7 +265,8 @@ LOG_FORMATS = ("text", "json")
 RESERVED_HEADERS = frozenset(
     ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature")
 )
-SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentry", "run")
+SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentry", "run",
+            "outbound")  # fmt: skip
 _API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
              "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
 _WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "timeout", "retry_initial",
@@ -460,6 +474,7 @@ def parse(
     http = _parse_http(root.table("http", _HTTP_KEYS), base) if "http" in data else None
     sentry = _parse_sentry(root.table("sentry", _SENTRY_KEYS)) if "sentry" in data else None
     run = root.table("run", ("shutdown_timeout",))
+    outbound = root.table("outbound", ("retry_unknown",))
     return Config(
         api=api,
         store=StoreConfig(
@@ -478,6 +493,9 @@ def parse(
         http=http,
         sentry=sentry,
         run=RunConfig(shutdown_timeout=run.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)),
+        outbound=OutboundConfig(
+            retry_unknown=outbound.get("retry_unknown", bool, "a boolean", DEFAULT_RETRY_UNKNOWN),
+        ),
     )
 
 

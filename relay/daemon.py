@@ -182,7 +182,14 @@ class Relay:
             # Alone on this store: a killed predecessor's leases and claims need not lapse.
             await self._store.call(sync.reset_ownership)
         self._api = AatroxClient(config.api, max_connections=config.poll.concurrency + 4)
-        self._outbox = Outbox(self._store, self._api, self.clock, self.jitter, events=self.events)
+        self._outbox = Outbox(
+            self._store,
+            self._api,
+            self.clock,
+            self.jitter,
+            events=self.events,
+            retry_unknown=config.outbound.retry_unknown,
+        )
         self._dispatcher = Dispatcher(
             self._store,
             config.webhooks,
@@ -293,6 +300,7 @@ class Relay:
         self.config = new
         logs.setup(new.log.level, new.log.format, pii=new.log.pii)
         self.api.set_token(new.api.token)
+        self.outbox.retry_unknown = new.outbound.retry_unknown
         self.poller.update(new)
         await self.poller.load()
         self.leases.set_numbers([n.number for n in new.numbers])

@@ -25,10 +25,10 @@ from relay.events import Events
 from relay.logs import fields
 from relay.outbox import reply_text
 from relay.retry import Backoff, Jitter
-from relay.schema import DEAD, DELIVERED, PENDING
+from relay.schema import DEAD, DELIVERED, PENDING, deliveries
 from relay.store import AsyncStore, DueDelivery, Outcome, Reply
 from relay.webhook import Answer, Webhook
-from relay.worker import Worker
+from relay.worker import Worker, internal_error
 
 log = logging.getLogger("relay.dispatcher")
 
@@ -59,7 +59,8 @@ class _OutcomeWriter:
             batch, self._queue = self._queue, []
             try:
                 await self._store.call(self._store.sync.save_outcomes, [o for o, _ in batch])
-            except StoreError as exc:
+            except Exception as exc:  # a store error, or a value the store refused: each
+                # outcome's lane hands its claim back
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -85,8 +86,7 @@ class Lane(Worker[DueDelivery]):
         events: Events | None = None,
         on_reply: Callable[[], None] = lambda: None,
     ) -> None:
-        super().__init__(clock, webhook.config.concurrency)
-        self.events = events or Events()
+        super().__init__(clock, webhook.config.concurrency, store, deliveries, events)
         self.on_reply = on_reply
         self.webhook = webhook
         self.config: WebhookConfig = webhook.config
@@ -119,19 +119,30 @@ class Lane(Worker[DueDelivery]):
             lambda saved: self._recorded(item, outcome, saved)
         )
 
+    async def failed(self, item: DueDelivery, exc: Exception) -> None:
+        """Record a retry with backoff from now (dead past ``give_up_after``) for a
+        delivery whose attempt raised; the error stored names only the exception's type."""
+        outcome = self._outcome(item, Answer(False, error=internal_error(exc)))
+        await self._writer.submit(outcome)
+        self._log(item, outcome)
+
     def _recorded(
         self, delivery: DueDelivery, outcome: Outcome, saved: asyncio.Future[None]
     ) -> None:
         error = saved.exception()
         if error is not None:
-            # The delivery stays pending in the store and is sent again (same webhook-id).
+            # The claim is handed back: sent again after store.lease (same webhook-id).
+            what = str(error) if isinstance(error, StoreError) else internal_error(error)
             log.error(
                 "relay.delivery.unrecorded",
-                extra=fields(
-                    webhook=self.config.name, webhook_id=delivery.webhook_id, error=str(error)
-                ),
+                exc_info=None if isinstance(error, StoreError) else error,
+                extra=fields(webhook=self.config.name, webhook_id=delivery.webhook_id, error=what),
             )
-            self.events.store_failed(str(error))
+            if isinstance(error, StoreError):
+                self.events.store_failed(str(error))
+            else:
+                self.events.unexpected(error)
+            self.abandon(delivery.id)
             return
         self._log(delivery, outcome)
         if outcome.reply is not None:
@@ -162,9 +173,15 @@ class Lane(Worker[DueDelivery]):
         return Outcome(delivery.id, now, PENDING, nxt, answer.status, answer.error)
 
     def _reply(self, delivery: DueDelivery, answer: Answer) -> Reply | None:
-        """The reply a 2xx answer asks for, if any; a malformed one is logged and ignored."""
+        """The reply a 2xx answer asks for, if any; a malformed or unreadable one is logged
+        and ignored: the webhook accepted the message all the same."""
         try:
+            if answer.body_error is not None:
+                raise ValueError(answer.body_error)
             text = reply_text(answer.body)
+            if text is not None and not delivery.sender.startswith("+"):
+                msg = "the sender is not a phone number (a sender id or short code)"
+                raise ValueError(msg)
         except ValueError as exc:
             log.warning(
                 "relay.reply.ignored",

@@ -88,6 +88,14 @@ class ApiConnectionError(ApiError):
     """Could not connect to the Aatrox API."""
 
 
+class ApiOutcomeUnknown(ApiError):
+    """The request went out but no usable answer came back: the API may have acted on it."""
+
+    #: Raised only for requests that must not be repeated blindly (sending an SMS):
+    #: trying again may send the SMS twice.
+    retryable = False
+
+
 class ApiInvalidResponse(ApiError):
     """The Aatrox API answered with something that is not the expected JSON."""
 

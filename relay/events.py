@@ -17,6 +17,17 @@ class Events:
     def poll_failed(self, number: str, error: str, *, unauthorized: bool = False) -> None:
         """A poll of ``number`` failed; ``unauthorized`` when the API rejected the token."""
 
+    def poll_gap(self, number: str, listed: int) -> None:
+        """A listing of ``listed`` items on ``number`` held nothing seen before: messages
+        older than its oldest item may have been missed."""
+
+    def poll_gap_closed(self, number: str) -> None:
+        """A listing on ``number`` overlapped what was seen again: the gap episode is over."""
+
+    def messages_unresolved(self, number: str, count: int) -> None:
+        """``count`` listed messages on ``number`` could not be completed from their details
+        for longer than the relay waits (reported once each; still retried)."""
+
     def delivered(self, webhook: str, latency: float) -> None:
         """A webhook accepted a message, ``latency`` seconds after the provider received it."""
 

@@ -34,6 +34,8 @@ TIME_KEYS = ("timestamp", "received_at", "receivedAt", "created_at", "date")
 MILLISECONDS_THRESHOLD = 1e11
 #: Longest id accepted.
 MAX_ID_LENGTH = 200
+#: Longest sender kept (the store's column; alphanumeric sender ids are at most 11).
+MAX_SENDER_LENGTH = 32
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NUMERIC = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -50,14 +52,21 @@ class InboundMessage:
 
     #: The provider's id, always a string ("42" for the integer 42).
     id: str
-    #: E.164.
-    sender: str
+    #: E.164 for a phone number; otherwise as the provider gave it (an alphanumeric
+    #: sender id such as ``Telstra``, a short code such as ``1234``). None when the
+    #: listing left it out: fetch the details.
+    sender: str | None
     #: E.164.
     recipient: str
-    #: None when the listing carried only id and timestamp: fetch the details.
+    #: None when the listing left it out (e.g. only id and timestamp): fetch the details.
     text: str | None
     #: Timezone-aware, in UTC.
     received_at: datetime
+
+    @property
+    def complete(self) -> bool:
+        """Whether it has everything a delivery needs (sender and text)."""
+        return self.sender is not None and self.text is not None
 
 
 @dataclass(frozen=True)
@@ -143,10 +152,13 @@ def parse_detail(
 
 
 def parse_message(item: object, *, number: str | None, region: str, tz: tzinfo) -> InboundMessage:
-    """Read one message object; ``number`` is the recipient when the item names none.
+    """Read one message object; ``number`` is the recipient when the item names none
+    (or names one that is not a phone number: we polled ``number``).
 
-    Raises :class:`ApiInvalidResponse` with a one-line reason naming the field (never
-    the text, never a full phone number).
+    Only an id and a time are required: a missing or unusable sender or text comes
+    back as None (see :attr:`InboundMessage.complete`). Raises
+    :class:`ApiInvalidResponse` with a one-line reason naming the field (never the
+    text, never a full phone number).
     """
     if not isinstance(item, dict):
         msg = f"message is {_kind(item)}, not an object"
@@ -154,18 +166,20 @@ def parse_message(item: object, *, number: str | None, region: str, tz: tzinfo) 
     message_id = _parse_id(item)
     where = f"message {message_id}"
     sender_key = _first_key(item, SENDER_KEYS)
-    if sender_key is None:
-        msg = f"{where}: no sender ({'/'.join(SENDER_KEYS)})"
-        raise ApiInvalidResponse(msg)
-    sender = _parse_number(item[sender_key], region, f"{where}: {sender_key}")
+    sender = _parse_sender(item[sender_key], region) if sender_key is not None else None
     recipient_key = _first_key(item, RECIPIENT_KEYS)
+    recipient: str | None = None
     if recipient_key is not None:
-        recipient = _parse_number(item[recipient_key], region, f"{where}: {recipient_key}")
-    elif number is not None:
+        try:
+            recipient = _parse_number(item[recipient_key], region, f"{where}: {recipient_key}")
+        except ApiInvalidResponse:
+            if number is None:
+                raise
+    if recipient is None:
+        if number is None:
+            msg = f"{where}: no recipient ({'/'.join(RECIPIENT_KEYS)})"
+            raise ApiInvalidResponse(msg)
         recipient = _parse_number(number, region, f"{where}: polled number")
-    else:
-        msg = f"{where}: no recipient ({'/'.join(RECIPIENT_KEYS)})"
-        raise ApiInvalidResponse(msg)
     text = next((v for key in TEXT_KEYS if isinstance(v := item.get(key), str)), None)
     time_key = _first_key(item, TIME_KEYS)
     if time_key is None:
@@ -260,6 +274,24 @@ def _parse_id(item: dict[str, object]) -> str:
         return str(int(value))
     msg = f"{key}: {_kind(value)} is not an id"
     raise ApiInvalidResponse(msg)
+
+
+def _parse_sender(value: object, region: str) -> str | None:
+    """A sender: E.164 when it reads as a phone number, else the provider's own string
+    (an alphanumeric sender id or a short code); None when it is no usable sender."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or len(text) > MAX_SENDER_LENGTH or not text.isprintable():
+        return None
+    if any(char.isalpha() for char in text):
+        return text  # "Telstra", "CommBank": never read letters as keypad digits
+    try:
+        return normalise(text, region)
+    except InvalidNumber:
+        return text  # a short code such as "1234"
 
 
 def _parse_number(value: object, region: str, where: str) -> str:

@@ -32,8 +32,10 @@ DEAD = "dead"
 DELIVERY_OUTCOMES = (DELIVERED, RETRY, DEAD)
 SENT = "sent"
 FAILED = "failed"
+#: The send went out and no answer came: the SMS may or may not have been sent.
+UNKNOWN = "unknown"
 #: What sending an SMS (a reply, ``POST /v1/send``) may come to.
-OUTBOUND_OUTCOMES = (SENT, FAILED)
+OUTBOUND_OUTCOMES = (SENT, FAILED, UNKNOWN)
 #: The poll outcome for a successful poll; failures use a short error kind
 #: ("unauthorized", "rate_limited", "timeout", "error"...): keep the set small and fixed.
 POLL_OK = "ok"
@@ -94,6 +96,15 @@ class Metrics:
             "messages_received", "New inbound messages recorded, by number.",
             ["number"], namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
+        self._gaps = Counter(
+            "poll_gaps", "Listings that held nothing seen before: messages may have been missed.",
+            ["number"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._unresolved = Counter(
+            "messages_unresolved",
+            "Listed messages whose details could not be had in time (reported once each).",
+            ["number"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
         self._deliveries = Counter(
             "deliveries", "Delivery attempts, by webhook and outcome (delivered, retry, dead).",
             ["webhook", "outcome"], namespace=NAMESPACE, registry=reg,
@@ -117,7 +128,8 @@ class Metrics:
             ["webhook"], namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
         self._outbound = Counter(
-            "outbound_sms", "SMS sent through the Aatrox API (replies), by outcome (sent, failed).",
+            "outbound_sms",
+            "SMS sent through the Aatrox API (replies), by outcome (sent, failed, unknown).",
             ["outcome"], namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
         for outcome in OUTBOUND_OUTCOMES:
@@ -136,6 +148,14 @@ class Metrics:
     def received(self, number: str, count: int = 1) -> None:
         """``count`` new messages were recorded on ``number``."""
         self._received.labels(number).inc(count)
+
+    def gap(self, number: str) -> None:
+        """A listing on ``number`` outran the relay."""
+        self._gaps.labels(number).inc()
+
+    def unresolved(self, number: str, count: int) -> None:
+        """``count`` messages on ``number`` were given up on waiting for their details."""
+        self._unresolved.labels(number).inc(count)
 
     def _webhook(self, webhook: str) -> None:
         """Start every outcome of a new webhook at 0, so that rate() sees the first one."""

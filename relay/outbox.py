@@ -2,15 +2,22 @@
 
 Each is a row in the ``outbound`` table, written in the same transaction as
 the thing that caused it (a reply with its delivery's 2xx). The outbox worker
-claims due rows and sends them through the Aatrox API with their own retries:
-API 5xx, 429 (honouring Retry-After), timeouts and connection errors back off
-from :data:`RETRY_INITIAL` to :data:`RETRY_MAX` for :data:`GIVE_UP_AFTER`;
-a 400 is final. One recipient goes through ``/sms/send`` (or
-``/sms/send/disclaimer``), several through one ``/sms/send/bulk``.
+claims due rows and sends them through the Aatrox API with their own retries.
+One recipient goes through ``/sms/send`` (or ``/sms/send/disclaimer``), several
+through one ``/sms/send/bulk``. What an attempt comes to:
 
-The provider documents no idempotency key, so a relay killed after the API
-accepted an SMS but before recording it will send that SMS again on restart:
-the one window where a reply can repeat.
+- the API accepted it (2xx): ``sent``;
+- it certainly did not leave (connection refused, connect or pool timeout) or the
+  API refused it for now (429, 5xx): retried with backoff from when the failure was
+  seen, from :data:`RETRY_INITIAL` to :data:`RETRY_MAX` (429's Retry-After honoured),
+  for :data:`GIVE_UP_AFTER`, then ``failed``;
+- a 400: ``failed`` at once;
+- the request went out and no usable answer came (read timeout, reset, a 2xx that
+  cannot be read): ``unknown``, never sent again unless ``[outbound] retry_unknown``,
+  because the provider documents no idempotency key and a repeat costs money.
+
+A relay killed after the API accepted an SMS but before recording it sends it
+again on restart: the one window where an SMS can repeat by default.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,14 +33,15 @@ import sqlalchemy as sa
 
 from relay.api import AatroxClient
 from relay.clock import Clock
-from relay.errors import ApiBadRequest, ApiError, ApiRateLimited, StoreError
+from relay.config import DEFAULT_RETRY_UNKNOWN
+from relay.errors import ApiBadRequest, ApiError, ApiOutcomeUnknown, ApiRateLimited
 from relay.events import Events
 from relay.logs import fields
 from relay.logs import number as shown
 from relay.retry import Backoff, Jitter
-from relay.schema import FAILED, PENDING, SENT, outbound
+from relay.schema import FAILED, PENDING, SENT, UNKNOWN, outbound
 from relay.store import AsyncStore, Store
-from relay.worker import Worker
+from relay.worker import Worker, internal_error
 
 log = logging.getLogger("relay.outbox")
 
@@ -44,6 +52,10 @@ RETRY_MAX = 300.0
 GIVE_UP_AFTER = 86400.0
 #: Outbound API requests in flight at once.
 OUTBOX_CONCURRENCY = 4
+#: The outcome of an attempt that is rescheduled (not a state: the row stays pending).
+RETRY = "retry"
+#: Stored for an SMS whose claim was handed back without a recorded outcome.
+LOST_TRACK = "the relay lost track of this send (see its log); the API may have accepted it"
 
 
 def check_text(text: str) -> str:
@@ -54,6 +66,14 @@ def check_text(text: str) -> str:
     if len(text) > MAX_TEXT:
         msg = f"text is {len(text)} characters, more than {MAX_TEXT} (ten SMS segments)"
         raise ValueError(msg)
+    if "\x00" in text:  # PostgreSQL cannot store it
+        msg = "text holds a NUL character"
+        raise ValueError(msg)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = "text is not valid Unicode (it holds a lone surrogate)"
+        raise ValueError(msg) from None
     return text
 
 
@@ -67,6 +87,9 @@ def reply_text(body: bytes) -> str | None:
         doc = json.loads(body)
     except ValueError:
         return None
+    except RecursionError:
+        msg = "the answer nests too deeply to be read"
+        raise ValueError(msg) from None
     if not isinstance(doc, dict) or doc.get("reply") is None:
         return None
     reply = doc["reply"]
@@ -209,7 +232,7 @@ def counts(store: Store) -> dict[str, int]:
     query = sa.select(outbound.c.state, sa.func.count()).group_by(outbound.c.state)
     with store.engine.connect() as conn:
         found = {state: int(n) for state, n in conn.execute(query)}
-    return {state: found.get(state, 0) for state in (PENDING, SENT, FAILED)}
+    return {state: found.get(state, 0) for state in (PENDING, SENT, FAILED, UNKNOWN)}
 
 
 # --- sending ---------------------------------------------------------------------
@@ -226,6 +249,16 @@ async def send_now(api: AatroxClient, sms: OutboundSms) -> Sent:
     return provider_answer(answer)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What one send came to, as written back to its row."""
+
+    #: SENT, FAILED, UNKNOWN or RETRY.
+    outcome: str
+    #: Columns to write: state, next_attempt_at, last_status, last_error...
+    values: dict[str, Any] = field(default_factory=dict)
+
+
 class Outbox(Worker[OutboundSms]):
     """Sends queued outbound SMS through the API."""
 
@@ -239,13 +272,16 @@ class Outbox(Worker[OutboundSms]):
         jitter: Jitter | None = None,
         concurrency: int = OUTBOX_CONCURRENCY,
         events: Events | None = None,
+        retry_unknown: bool = DEFAULT_RETRY_UNKNOWN,
     ) -> None:
-        super().__init__(clock, concurrency)
-        self.events = events or Events()
-        self.store = store
+        super().__init__(clock, concurrency, store, outbound, events)
         self.api = api
         self.backoff = Backoff(RETRY_INITIAL, RETRY_MAX, GIVE_UP_AFTER)
+        #: ``[outbound] retry_unknown``: send again when an attempt's outcome is unknown.
+        self.retry_unknown = retry_unknown
         self._jitter = jitter
+        #: Attempts made but not yet written back (when the attempt began, what it came to).
+        self._decided: dict[int, tuple[datetime, Attempt]] = {}
 
     async def claim(self, limit: int) -> list[OutboundSms]:
         """Claim due outbound SMS."""
@@ -257,7 +293,78 @@ class Outbox(Worker[OutboundSms]):
 
     async def process(self, item: OutboundSms) -> None:
         """Send one SMS and record the result."""
-        now = self.clock.now()
+        started = self.clock.now()
+        try:
+            sent = await send_now(self.api, item)
+        except ApiError as exc:
+            attempt = self._failure(item, exc)
+        else:
+            attempt = Attempt(
+                SENT,
+                {
+                    "state": SENT,
+                    "sent_at": self.clock.now(),
+                    "last_status": 200,
+                    "last_error": None,
+                    "provider_ids": json.dumps(list(sent.ids)),
+                    "provider_status": sent.status,
+                },
+            )
+        self._decided[item.id] = (started, attempt)
+        await self._record(item, started, attempt)
+
+    async def failed(self, item: OutboundSms, exc: Exception) -> None:
+        """Write back what the attempt came to, if it got that far (recording it failed);
+        else the attempt itself crashed and whether the SMS left is unknown."""
+        started, attempt = self._decided.pop(item.id, None) or (self.clock.now(), None)
+        if attempt is None:
+            attempt = self._unknown(item, internal_error(exc), None)
+        await self._record(item, started, attempt)
+
+    def released(self) -> dict[str, Any]:
+        """An SMS handed back without an outcome may have been sent: unknown, unless
+        ``retry_unknown``, where it is sent again once due."""
+        return {} if self.retry_unknown else {"state": UNKNOWN, "last_error": LOST_TRACK}
+
+    def _failure(self, item: OutboundSms, exc: ApiError) -> Attempt:
+        """What an API error means for ``item``, its backoff counted from now (when the
+        failure was seen, not when the attempt began)."""
+        if isinstance(exc, ApiOutcomeUnknown):
+            return self._unknown(item, str(exc), exc.status)
+        if isinstance(exc, ApiBadRequest):
+            return Attempt(FAILED, {"state": FAILED, "last_status": 400, "last_error": str(exc)})
+        values: dict[str, Any] = {"last_status": exc.status, "last_error": str(exc)}
+        retry_after = exc.retry_after if isinstance(exc, ApiRateLimited) else None
+        nxt = self._next_attempt(item, retry_after) if exc.retryable else None
+        if nxt is None:
+            return Attempt(FAILED, {**values, "state": FAILED})
+        return Attempt(RETRY, {**values, "next_attempt_at": nxt})
+
+    def _unknown(self, item: OutboundSms, error: str, status: int | None) -> Attempt:
+        """An attempt that may or may not have sent ``item``: kept as ``unknown``, or with
+        ``retry_unknown`` tried again after a backoff (``failed`` past the give-up time)."""
+        values: dict[str, Any] = {"last_status": status, "last_error": error}
+        if not self.retry_unknown:
+            return Attempt(UNKNOWN, {**values, "state": UNKNOWN})
+        nxt = self._next_attempt(item, None)
+        if nxt is None:
+            return Attempt(FAILED, {**values, "state": FAILED})
+        return Attempt(UNKNOWN, {**values, "next_attempt_at": nxt})
+
+    def _next_attempt(self, item: OutboundSms, retry_after: float | None) -> datetime | None:
+        return self.backoff.next_attempt(
+            attempt=item.attempts + 1,
+            queued_at=item.queued_at,
+            now=self.clock.now(),
+            retry_after=retry_after,
+            jitter=self._jitter,
+        )
+
+    async def _record(self, item: OutboundSms, started: datetime, attempt: Attempt) -> None:
+        """Write ``attempt`` back (releasing the claim), then log and count it."""
+        await self.store.call(
+            record, self.store.sync, item.id, last_attempt_at=started, **attempt.values
+        )
         event = {
             "id": item.id,
             "kind": item.kind,
@@ -265,45 +372,27 @@ class Outbox(Worker[OutboundSms]):
             "recipients": len(item.recipients),
             "attempt": item.attempts + 1,
         }
-        try:
-            sent = await send_now(self.api, item)
-        except ApiBadRequest as exc:
-            log.error("relay.outbox.failed", extra=fields(**event, error=str(exc)))
-            self.events.outbound("failed")
-            values: dict[str, Any] = {"state": FAILED, "last_status": 400, "last_error": str(exc)}
-        except ApiError as exc:
-            retry_after = exc.retry_after if isinstance(exc, ApiRateLimited) else None
-            nxt = self.backoff.next_attempt(
-                attempt=item.attempts + 1,
-                queued_at=item.queued_at,
-                now=now,
-                retry_after=retry_after,
-                jitter=self._jitter,
+        values = attempt.values
+        nxt = values.get("next_attempt_at")
+        retry = {"next_attempt_at": nxt.isoformat()} if nxt is not None else {}
+        if attempt.outcome == SENT:
+            ids = json.loads(values["provider_ids"])
+            log.info("relay.outbox.sent", extra=fields(**event, provider_ids=",".join(ids)))
+            self.events.outbound(SENT)
+        elif attempt.outcome == UNKNOWN:
+            level = logging.WARNING if retry else logging.ERROR
+            log.log(
+                level,
+                "relay.outbox.unknown",
+                extra=fields(**event, error=values["last_error"], **retry),
             )
-            values = {"last_status": exc.status, "last_error": str(exc)}
-            if nxt is None or not exc.retryable:
-                values["state"] = FAILED
-                log.error("relay.outbox.failed", extra=fields(**event, error=str(exc)))
-                self.events.outbound("failed")
-            else:
-                values["next_attempt_at"] = nxt
-                log.warning(
-                    "relay.outbox.retry_scheduled",
-                    extra=fields(**event, error=str(exc), next_attempt_at=nxt.isoformat()),
-                )
+            self.events.outbound(UNKNOWN)
+        elif attempt.outcome == FAILED:
+            log.error("relay.outbox.failed", extra=fields(**event, error=values["last_error"]))
+            self.events.outbound(FAILED)
         else:
-            values = {
-                "state": SENT,
-                "sent_at": now,
-                "last_status": 200,
-                "last_error": None,
-                "provider_ids": json.dumps(list(sent.ids)),
-                "provider_status": sent.status,
-            }
-            log.info("relay.outbox.sent", extra=fields(**event, provider_ids=",".join(sent.ids)))
-            self.events.outbound("sent")
-        values["last_attempt_at"] = now
-        try:
-            await self.store.call(record, self.store.sync, item.id, **values)
-        except StoreError as exc:  # the claim lapses and the SMS is tried again
-            log.error("relay.outbox.unrecorded", extra=fields(id=item.id, error=str(exc)))
+            log.warning(
+                "relay.outbox.retry_scheduled",
+                extra=fields(**event, error=values["last_error"], **retry),
+            )
+        self._decided.pop(item.id, None)

@@ -9,9 +9,21 @@ The deduplication rule, in order, for each message the API lists:
    (Being seen never stops being true, so the set is safe to trust.)
 3. Otherwise looked up in the store, all such ids of one poll in one batch.
 
-What is left is new. Text-less items get their details fetched, and the new
-messages are recorded and their deliveries queued in one transaction. Only
-after that commit does anything else learn of them.
+What is left is new. New messages that will be delivered but lack a sender or a
+text (a listing of "message IDs with timestamps") are completed from
+``GET /sms/{id}``; backfill (what a number held before it was configured) is
+recorded as it is, without fetching anything. Then the new messages are recorded
+and their deliveries queued in one transaction. Only after that commit does
+anything else learn of them. A message whose details cannot be had now stays
+unrecorded and is tried again on later polls (backing off per message); one still
+incomplete :data:`DETAILS_GIVE_UP` after the provider received it is reported once.
+
+Gaps: the API documents no paging, so a number that receives more messages
+between two polls than a listing holds loses the oldest before the relay sees
+them. A listing on an already-baselined number in which every item is new, and
+which is at least as long as the longest listing the number has returned, no
+longer overlaps what was seen: that is reported (``relay.poll.gap``) and the
+number is polled again at once.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,14 +51,41 @@ from relay.inbound import InboundMessage
 from relay.logs import fields
 from relay.logs import number as shown
 from relay.retry import poll_delay
-from relay.store import AsyncStore
+from relay.store import AsyncStore, NumberRecord
 
 log = logging.getLogger("relay.poller")
 
 #: Ids remembered per number in memory, beyond what one listing returns.
 SEEN_CACHE_MIN = 2048
-#: Details of text-less messages fetched at once, per poll.
+#: Details of incomplete messages fetched at once, per poll.
 DETAILS_CONCURRENCY = 8
+#: How long the details of one poll may take, in API timeouts (the listing took one).
+DETAILS_TIMEOUTS = 2
+#: A message whose details failed is tried again after its number's interval, doubling
+#: with each failure up to this many seconds.
+DETAILS_RETRY_MAX = 300.0
+#: A listed message still incomplete this long after the provider received it is
+#: reported once (log, metric, ``status``); it is still tried while it is listed.
+DETAILS_GIVE_UP = 3600.0
+#: Messages the provider received up to this long before a number was configured are
+#: delivered too: the provider's clock and ours may disagree a little.
+BACKFILL_GRACE = 60.0
+#: Polls run back to back after a listing that outran the relay, at most, per job run.
+GAP_REPOLLS = 3
+#: Distinct skip reasons remembered per number, so each is logged once.
+SKIP_REASONS_MAX = 1000
+
+
+@dataclass
+class Incomplete:
+    """A listed message whose details could not be had yet."""
+
+    received_at: datetime
+    failures: int = 0
+    #: Monotonic time before which its details are not asked for again.
+    retry_at: float = 0.0
+    #: Reported as unresolved (once).
+    reported: bool = False
 
 
 @dataclass
@@ -62,9 +101,50 @@ class NumberState:
     last_error: str | None = None
     last_success_monotonic: float | None = None
     baselined: bool = False
+    #: When the number was first configured (from the store): the backfill cut.
+    configured_at: datetime | None = None
+    #: The most items one listing of this number held.
+    longest: int = 0
+    #: When the gap episode under way began; None when listings overlap.
+    gap_since: datetime | None = None
+    #: Gapped listings, ever.
+    gaps: int = 0
+    #: Messages reported as unresolved, ever.
+    unresolved: int = 0
+    #: Listed messages waiting for their details, by id.
+    incomplete: dict[str, Incomplete] = field(default_factory=dict)
+    #: Skip reasons already logged.
+    skip_reasons: set[str] = field(default_factory=set)
     #: Changed since :meth:`Poller.take_changed_states` last looked.
     changed: bool = False
+    #: Changed in a way worth writing at once (a gap, a longer listing, an unresolved
+    #: message), not only at the service's next periodic save.
+    urgent: bool = False
     seen: dict[str, None] = field(default_factory=dict)
+
+    def load(self, record: NumberRecord) -> None:
+        """Take what the store knows; a state already in use keeps its fresher memory."""
+        self.baselined = self.baselined or record.first_polled_at is not None
+        if self.configured_at is None:
+            self.configured_at = record.configured_at
+            self.last_success = self.last_success or record.last_success_at
+            self.gap_since = record.gap_since
+            self.gaps = record.gaps
+        self.longest = max(self.longest, record.longest_listing)
+
+    def row(self) -> dict[str, Any]:
+        """This state as :meth:`Store.save_poll_states` wants it."""
+        return {
+            "number": self.config.number,
+            "last_poll_at": self.last_poll,
+            "last_success_at": self.last_success,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+            "longest_listing": self.longest,
+            "gap_since": self.gap_since,
+            "gaps": self.gaps,
+            "unresolved": self.unresolved,
+        }
 
     def remember(self, ids: Sequence[str], limit: int) -> None:
         """Add ``ids`` to the seen set, forgetting the oldest beyond ``limit``."""
@@ -88,6 +168,10 @@ class PollResult:
     queued: int = 0
     skipped: int = 0
     error: str | None = None
+    #: The listing held nothing seen before: messages may have been missed.
+    gap: bool = False
+    #: New messages left unrecorded for now (their details could not be had).
+    incomplete: int = 0
 
 
 class Poller:
@@ -122,26 +206,21 @@ class Poller:
         self.config = config
 
     async def load(self) -> None:
-        """Learn which numbers already had their first poll (backfill applies once)."""
-        known = await self.store.call(self.store.sync.known_numbers)
+        """Learn what the store knows of each number (first poll, when configured, last
+        success, longest listing, gap), marking numbers new to it as configured now."""
+        records = await self.store.call(self.store.sync.load_numbers, list(self.states))
         for number, state in self.states.items():
-            state.baselined = number in known
+            record = records.get(number)
+            if record is not None:
+                state.load(record)
 
     def take_changed_states(self) -> list[dict[str, Any]]:
         """Poll states changed since the last call, as :meth:`Store.save_poll_states` wants."""
         rows = []
-        for number, state in self.states.items():
+        for state in self.states.values():
             if state.changed:
                 state.changed = False
-                rows.append(
-                    {
-                        "number": number,
-                        "last_poll_at": state.last_poll,
-                        "last_success_at": state.last_success,
-                        "consecutive_failures": state.failures,
-                        "last_error": state.last_error,
-                    }
-                )
+                rows.append(state.row())
         return rows
 
     def due(self, number: str) -> bool:
@@ -150,7 +229,17 @@ class Poller:
         return state is not None and self.clock.monotonic() >= state.resume_at
 
     async def poll(self, number: str) -> PollResult:
-        """Poll ``number`` once, bounded in time and in polls in flight. Never raises."""
+        """Poll ``number``, bounded in time and in polls in flight; again at once (up to
+        :data:`GAP_REPOLLS` times) while listings outrun the relay. Never raises."""
+        result = await self._poll_bounded(number)
+        repolls = 0
+        while result.gap and repolls < GAP_REPOLLS and number in self.states:
+            repolls += 1
+            result = await self._poll_bounded(number)
+        return result
+
+    async def _poll_bounded(self, number: str) -> PollResult:
+        """One poll of ``number``, bounded in time and in polls in flight."""
         state = self.states[number]
         budget = self._budget()
         try:
@@ -162,7 +251,8 @@ class Poller:
             log.warning("relay.poll.starved", extra=fields(number=shown(number)))
             return PollResult(number, error="no free poll slot within the interval")
         try:
-            result = await within(budget, self._poll(state))
+            deadline = self.clock.monotonic() + self.config.api.timeout * (1 + DETAILS_TIMEOUTS)
+            result = await within(budget, self._poll(state, deadline))
         except asyncio.TimeoutError:
             result = await self._failed(state, f"poll took longer than {budget:g}s")
         except ApiUnauthorized as exc:
@@ -195,27 +285,39 @@ class Poller:
         """The most one poll may take: a listing, details, and the store."""
         return self.config.api.timeout * 3 + self.store.timeout
 
-    async def _poll(self, state: NumberState) -> PollResult:
+    async def _poll(self, state: NumberState, deadline: float) -> PollResult:
+        """One poll; details are fetched until the monotonic ``deadline``, and whatever
+        was completed by then is recorded."""
         cfg = state.config
         state.last_poll = self.clock.now()
         listing = await self.api.receive(cfg.number, cfg.sender, known=state.seen)
-        for reason in listing.skipped:
-            log.warning(
-                "relay.poll.item_skipped", extra=fields(number=shown(cfg.number), reason=reason)
-            )
+        self._log_skipped(state, listing.skipped)
         fresh = await self._unseen(state, listing.messages)
-        complete = await self._complete(cfg.number, fresh)
-        if not complete and state.baselined:
+        gap = self._check_gap(state, listing.listed, fresh)
+        targets = self._targets(state)
+        ready: list[InboundMessage] = []
+        wanted: list[InboundMessage] = []
+        for message in fresh:
+            # Backfill is recorded as it is: nothing is fetched for what is not delivered.
+            (wanted if targets(message) and not message.complete else ready).append(message)
+        completed = await self._complete(state, wanted, deadline)
+        self._forget_unlisted(state, fresh)
+        new = ready + completed
+        left = len(wanted) - len(completed)
+        if not new and state.baselined:
             # The common case: nothing new. No write, so idle polls stay cheap.
             self._succeeded(state, 0)
-            return PollResult(cfg.number, listing.listed, skipped=len(listing.skipped))
-        targets = self._targets(state)
-        recorded = await self.store.call(self.store.sync.record, cfg.number, complete, targets)
+            await self._save_if_urgent(state)
+            return PollResult(
+                cfg.number, listing.listed, skipped=len(listing.skipped), gap=gap, incomplete=left
+            )
+        recorded = await self.store.call(self.store.sync.record, cfg.number, new, targets)
         state.baselined = True
-        state.remember([m.id for m in complete], self._cache_limit(listing.listed))
+        state.remember([m.id for m in new], self._cache_limit(listing.listed))
         if recorded.deliveries:
             self.on_queued()
         self._succeeded(state, recorded.messages)
+        await self._save_if_urgent(state)
         if recorded.messages:
             log.info(
                 "relay.poll.recorded",
@@ -229,7 +331,65 @@ class Poller:
             recorded.messages,
             recorded.deliveries,
             len(listing.skipped),
+            gap=gap,
+            incomplete=left,
         )
+
+    def _log_skipped(self, state: NumberState, reasons: Sequence[str]) -> None:
+        """Warn of each unreadable item once per number, not on every poll that lists it."""
+        for reason in reasons:
+            key = reason.partition(": ")[2] or reason  # without "item N: ", which moves
+            if key in state.skip_reasons:
+                continue
+            if len(state.skip_reasons) < SKIP_REASONS_MAX:
+                state.skip_reasons.add(key)
+            log.warning(
+                "relay.poll.item_skipped",
+                extra=fields(number=shown(state.config.number), reason=reason),
+            )
+
+    def _check_gap(self, state: NumberState, listed: int, fresh: Sequence[InboundMessage]) -> bool:
+        """Whether this listing outran the relay; keeps the longest listing and the gap
+        episode up to date, and reports a gap."""
+        number = state.config.number
+        new = sum(1 for m in fresh if m.id not in state.incomplete)
+        gap = state.baselined and 0 < state.longest <= listed == new
+        if listed > state.longest:
+            state.longest = listed
+            state.changed = state.urgent = True
+        if gap:
+            state.gaps += 1
+            state.changed = state.urgent = True
+            first = state.gap_since is None
+            if first:
+                state.gap_since = self.clock.now()
+            log.warning(
+                "relay.poll.gap",
+                extra=fields(
+                    number=shown(number),
+                    listed=listed,
+                    hint="messages older than the listing may have been missed; "
+                    "poll more often (poll.interval)",
+                ),
+            )
+            self.events.poll_gap(number, listed)
+        elif state.gap_since is not None and listed > new:
+            state.gap_since = None
+            state.changed = state.urgent = True
+            log.info("relay.poll.gap_closed", extra=fields(number=shown(number)))
+            self.events.poll_gap_closed(number)
+        return gap
+
+    async def _save_if_urgent(self, state: NumberState) -> None:
+        """Write the number's state now when a gap, a longer listing or an unresolved
+        message made it worth it (rare); otherwise the service's periodic save does."""
+        if not state.urgent:
+            return
+        state.urgent = False
+        try:
+            await self.store.call(self.store.sync.save_poll_states, [state.row()])
+        except RelayError as exc:
+            log.error("relay.poll.store_error", extra=fields(error=str(exc)))
 
     async def _unseen(
         self, state: NumberState, listed: Sequence[InboundMessage]
@@ -249,19 +409,26 @@ class Poller:
             state.remember(list(known), self._cache_limit(len(listed)))
         return [m for message_id, m in candidates.items() if message_id not in known]
 
-    async def _complete(self, number: str, fresh: list[InboundMessage]) -> list[InboundMessage]:
-        """Fetch the text of messages the listing gave only ids and times for.
+    async def _complete(
+        self, state: NumberState, wanted: list[InboundMessage], deadline: float
+    ) -> list[InboundMessage]:
+        """Complete ``wanted`` (new messages lacking a sender or a text) from their details,
+        until the monotonic ``deadline``; the ones completed.
 
-        A message whose details cannot be fetched now is left out of this poll,
-        unrecorded, so the next poll tries it again.
+        A message whose details cannot be had now, or are still incomplete, is left out,
+        unrecorded, so a later poll tries it again (after a per-message backoff).
         """
-        missing = [m for m in fresh if m.text is None]
-        if not missing:
-            return fresh
+        if not wanted:
+            return []
+        number = state.config.number
+        now = self.clock.monotonic()
+        due = [m for m in wanted if state.incomplete.get(m.id, _NEVER).retry_at <= now]
         limit = asyncio.Semaphore(DETAILS_CONCURRENCY)
 
         async def fetch(message: InboundMessage) -> InboundMessage | None:
             async with limit:
+                if self.clock.monotonic() >= deadline:
+                    return None
                 try:
                     detail = await self.api.details(message.id, number=number)
                 except ApiError as exc:
@@ -270,24 +437,108 @@ class Poller:
                         extra=fields(number=shown(number), id=message.id, error=str(exc)),
                     )
                     return None
-            return replace(message, text=detail.text or "")
+            merged = InboundMessage(
+                message.id,
+                message.sender if message.sender is not None else detail.sender,
+                message.recipient,
+                message.text if message.text is not None else detail.text,
+                message.received_at,
+            )
+            return merged if merged.complete else None
 
-        fetched = await asyncio.gather(*(fetch(m) for m in missing))
-        filled = {m.id: m for m in fetched if m is not None}
-        return [filled.get(m.id) or m for m in fresh if m.text is not None or m.id in filled]
+        tasks = [asyncio.ensure_future(fetch(m)) for m in due]
+        completed: list[InboundMessage] = []
+        done: set[asyncio.Future[InboundMessage | None]] = set()
+        pending: set[asyncio.Future[InboundMessage | None]] = set()
+        try:
+            if tasks:
+                done, pending = await asyncio.wait(
+                    tasks, timeout=max(deadline - self.clock.monotonic(), 0.0)
+                )
+        finally:
+            for task in tasks:
+                task.cancel()
+        for message, task in zip(due, tasks, strict=True):
+            crash = task.exception() if task in done and not task.cancelled() else None
+            if crash is not None:  # a bug: report it; the message is tried again later
+                log.error("relay.poll.details_crashed", extra=fields(error=_describe(crash)))
+                self.events.unexpected(crash)
+            ok = task in done and not task.cancelled() and crash is None
+            result = task.result() if ok else None
+            if result is not None:
+                state.incomplete.pop(message.id, None)
+                completed.append(result)
+            else:
+                self._details_failed(state, message)
+        for message in wanted:  # not due yet: still waiting
+            state.incomplete.setdefault(message.id, Incomplete(message.received_at))
+        self._report_unresolved(state)
+        if pending:
+            log.warning(
+                "relay.poll.details_deferred",
+                extra=fields(number=shown(number), completed=len(completed), left=len(pending)),
+            )
+        return completed
+
+    def _details_failed(self, state: NumberState, message: InboundMessage) -> None:
+        entry = state.incomplete.setdefault(message.id, Incomplete(message.received_at))
+        entry.failures += 1
+        delay = min(state.config.interval * 2 ** (entry.failures - 1), DETAILS_RETRY_MAX)
+        entry.retry_at = self.clock.monotonic() + delay
+
+    def _report_unresolved(self, state: NumberState) -> None:
+        """Report, once each, the messages still incomplete :data:`DETAILS_GIVE_UP` after
+        the provider received them."""
+        cutoff = self.clock.now() - timedelta(seconds=DETAILS_GIVE_UP)
+        late = [e for e in state.incomplete.values() if not e.reported and e.received_at < cutoff]
+        self._reported(state, late, "details could not be had")
+
+    def _forget_unlisted(self, state: NumberState, fresh: Sequence[InboundMessage]) -> None:
+        """Stop waiting for details of messages that are no longer new: recorded after all
+        (by another relay), or no longer listed, which loses them: those are reported,
+        unless they were already."""
+        if not state.incomplete:
+            return
+        still = {m.id for m in fresh}
+        gone = [message_id for message_id in state.incomplete if message_id not in still]
+        lost = [
+            entry
+            for message_id in gone
+            if not (entry := state.incomplete.pop(message_id)).reported
+            and message_id not in state.seen
+        ]
+        self._reported(state, lost, "no longer listed")
+
+    def _reported(self, state: NumberState, entries: Sequence[Incomplete], reason: str) -> None:
+        if not entries:
+            return
+        for entry in entries:
+            entry.reported = True
+        state.unresolved += len(entries)
+        state.changed = state.urgent = True
+        log.error(
+            "relay.poll.unresolved",
+            extra=fields(number=shown(state.config.number), messages=len(entries), reason=reason),
+        )
+        self.events.messages_unresolved(state.config.number, len(entries))
 
     def _targets(self, state: NumberState) -> Callable[[InboundMessage], Sequence[str]]:
-        """Which webhooks a new message is queued for: all, or none before the backfill cut."""
+        """Which webhooks a new message is queued for: all, or none for backfill.
+
+        Backfill is what the provider received before the number was configured (less
+        :data:`BACKFILL_GRACE`), on the number's first successful poll: ``poll.backfill``
+        says whether it is delivered (all, none, or what is younger than a window).
+        Everything received after the number was configured is delivered.
+        """
         hooks = state.config.webhooks
-        if state.baselined:
-            return lambda _m: hooks
         backfill = self.config.poll.backfill
-        if backfill.mode == "all":
+        if state.baselined or backfill.mode == "all":
             return lambda _m: hooks
-        if backfill.mode == "none":
-            return lambda _m: ()
-        cutoff = self.clock.now() - timedelta(seconds=backfill.window)
-        return lambda m: hooks if m.received_at >= cutoff else ()
+        now = self.clock.now()
+        cut = (state.configured_at or now) - timedelta(seconds=BACKFILL_GRACE)
+        if backfill.mode == "window":
+            cut = min(cut, now - timedelta(seconds=backfill.window))
+        return lambda m: hooks if m.received_at >= cut else ()
 
     def _cache_limit(self, listed: int) -> int:
         return max(SEEN_CACHE_MIN, 2 * listed)
@@ -339,3 +590,11 @@ class Poller:
         except RelayError as exc:
             log.error("relay.poll.store_error", extra=fields(error=str(exc)))
         return PollResult(state.config.number, error=error)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+#: Stands in for a message never tried: its details are due now.
+_NEVER = Incomplete(datetime.min)

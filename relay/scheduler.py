@@ -1,18 +1,25 @@
 """One APScheduler interval job per number.
 
-Each job fires every ``interval`` (plus up to ``jitter``), never overlaps
-itself (``max_instances=1``) and coalesces missed runs into one. First polls
-are spread evenly across the interval so that a thousand numbers do not fire
-in the same second. A number that is backing off after failures lets its
+Each job fires every ``interval`` (plus up to ``jitter``, never more than a tenth
+of the interval), never overlaps itself (``max_instances=1``) and coalesces
+missed runs into one. A number that is backing off after failures lets its
 ticks pass until its delay is over.
+
+First polls come at once: on start (and for numbers a reload adds or changes)
+they are spread over ``min(interval, 1 s)``, the number that has waited longest
+first (never polled successfully, then the oldest last success), so a relay
+that keeps being restarted still polls every number. After its first poll each
+number settles into its own slot of the interval, the slots spread evenly
+across it, so that a thousand numbers do not fire in the same second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from datetime import timedelta, timezone
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -23,6 +30,71 @@ from relay.logs import fields
 from relay.poller import Poller
 
 log = logging.getLogger("relay.scheduler")
+
+#: First polls are spread over at most this long (and never over more than the interval).
+FIRST_POLLS_WITHIN = 1.0
+#: A number's jitter is at most this share of its interval, whatever ``poll.jitter`` says.
+JITTER_SHARE = 0.1
+
+
+def capped_jitter(interval: float, jitter: float) -> float:
+    """The jitter a number polled every ``interval`` gets: ``jitter``, at most a tenth of it."""
+    return min(jitter, interval * JITTER_SHARE)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """When one number is polled first, and where its later polls fall."""
+
+    number: NumberConfig
+    #: Its first poll.
+    first: datetime
+    #: The start of its interval slot: later polls come at ``phase + k * interval``.
+    phase: datetime
+    jitter: float
+
+
+def plan(
+    numbers: Sequence[NumberConfig],
+    last_success: Mapping[str, datetime | None],
+    now: datetime,
+    jitter: float,
+) -> list[Slot]:
+    """First polls and slots for ``numbers``, longest-waiting first.
+
+    Numbers never polled successfully come first (in config order), then the others
+    from the oldest last success. The k-th of n is polled first at ``now + k/n *
+    min(interval, 1 s)`` and has the slot starting ``now + k/n * interval``.
+    """
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    ordered = sorted(numbers, key=lambda n: last_success.get(n.number) or never)
+    count = len(ordered) or 1
+    return [
+        Slot(
+            number,
+            now + timedelta(seconds=min(number.interval, FIRST_POLLS_WITHIN) * index / count),
+            now + timedelta(seconds=number.interval * index / count),
+            capped_jitter(number.interval, jitter),
+        )
+        for index, number in enumerate(ordered)
+    ]
+
+
+class SlotTrigger(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 has no type hints
+    """An interval trigger for a job whose first run was set ahead of its slot.
+
+    The run after that first one is the slot's start (``start_date``), not one
+    interval after the first run; from then on it is a plain interval trigger.
+    """
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        """The next run: the slot's start while the runs so far came before it."""
+        if previous_fire_time is not None and previous_fire_time < self.start_date:
+            previous_fire_time = None
+        fire_time: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        return fire_time
 
 
 class Scheduler:
@@ -58,15 +130,21 @@ class Scheduler:
         log.info("relay.scheduler.started", extra=fields(numbers=len(self.numbers)))
 
     def _add(self, numbers: Sequence[NumberConfig]) -> None:
-        """One job per number, first runs spread evenly across each interval."""
+        """One job per number: first runs at once, longest-waiting first (see :func:`plan`)."""
         assert self._aps is not None
-        now = self.clock.now()
-        count = len(numbers) or 1
-        for index, number in enumerate(numbers):
-            trigger = IntervalTrigger(
+        states = self.poller.states
+        last_success = {
+            n.number: state.last_success if (state := states.get(n.number)) else None
+            for n in numbers
+        }
+        # APScheduler fires on the wall clock: plan on it, not on self.clock.
+        now = datetime.now(timezone.utc)
+        for slot in plan(numbers, last_success, now, self.jitter):
+            number = slot.number
+            trigger = SlotTrigger(
                 seconds=number.interval,
-                jitter=self.jitter or None,
-                start_date=now + timedelta(seconds=number.interval * index / count),
+                jitter=slot.jitter or None,
+                start_date=slot.phase,
                 timezone=timezone.utc,
             )
             self._aps.add_job(
@@ -79,6 +157,7 @@ class Scheduler:
                 coalesce=True,
                 misfire_grace_time=max(1, int(number.interval)),
                 replace_existing=True,
+                next_run_time=slot.first,
             )
 
     def update(self, numbers: Sequence[NumberConfig], jitter: float) -> None:

@@ -16,9 +16,10 @@ PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
 DEAD: Final = "dead"
 
-OutboundState = Literal["pending", "sent", "failed"]
+OutboundState = Literal["pending", "sent", "failed", "unknown"]
 SENT: Final = "sent"
 FAILED: Final = "failed"
+UNKNOWN: Final = "unknown"
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
@@ -73,6 +74,17 @@ numbers = sa.Table(
     sa.Column("last_success_at", UtcDateTime()),
     sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text()),
+    #: When a relay first had the number in its config: its first poll delivers
+    #: everything received since (migration 0004).
+    sa.Column("configured_at", UtcDateTime()),
+    #: The most items one listing of the number held.
+    sa.Column("longest_listing", sa.Integer(), nullable=False, server_default="0"),
+    #: When the gap episode under way began (a listing outran the relay); NULL: none.
+    sa.Column("gap_since", UtcDateTime()),
+    #: Listings that outran the relay, ever.
+    sa.Column("gaps", sa.Integer(), nullable=False, server_default="0"),
+    #: Listed messages whose details could not be had for longer than the relay waits.
+    sa.Column("unresolved", sa.Integer(), nullable=False, server_default="0"),
 )
 
 deliveries = sa.Table(

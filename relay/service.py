@@ -30,7 +30,17 @@ from relay.events import Events
 from relay.health import HealthApp, NumberHealth
 from relay.httpserver import HttpServer, Request, Response, json_response
 from relay.logs import fields
-from relay.metrics import DEAD, DELIVERED, FAILED, POLL_OK, RETRY, SENT, Metrics
+from relay.logs import number as shown
+from relay.metrics import (
+    DEAD,
+    DELIVERED,
+    OUTBOUND_OUTCOMES,
+    POLL_OK,
+    RETRY,
+    SENT,
+    UNKNOWN,
+    Metrics,
+)
 from relay.outbox import check_text, queue_send
 from relay.phone import normalise
 from relay.systemd import Notifier
@@ -81,6 +91,23 @@ class Telemetry(Events):
             self.alerts.problem("token_rejected", "The Aatrox API rejected the token (401)")
         self._beat(number, False)
 
+    def poll_gap(self, number: str, listed: int) -> None:
+        """Count it; a gap episode is worth a human, once until a listing overlaps again."""
+        self.metrics.gap(number)
+        self.alerts.problem(
+            f"poll_gap:{number}",
+            f"A listing of {listed} messages on {shown(number)} held none seen before: "
+            "messages received before it may have been missed",
+        )
+
+    def poll_gap_closed(self, number: str) -> None:
+        """The gap episode on ``number`` is over."""
+        self.alerts.resolved(f"poll_gap:{number}")
+
+    def messages_unresolved(self, number: str, count: int) -> None:
+        """Count them."""
+        self.metrics.unresolved(number, count)
+
     def delivered(self, webhook: str, latency: float) -> None:
         """Count it; the webhook works again."""
         self.metrics.delivery(webhook, DELIVERED, latency)
@@ -97,9 +124,18 @@ class Telemetry(Events):
             )
 
     def outbound(self, outcome: str) -> None:
-        """Count sent and failed outbound SMS."""
-        if outcome in (SENT, FAILED):
+        """Count sent, failed and unknown outbound SMS; an unknown outcome is worth a human,
+        once until an SMS is sent again."""
+        if outcome in OUTBOUND_OUTCOMES:
             self.metrics.outbound(outcome)
+        if outcome == UNKNOWN:
+            self.alerts.problem(
+                "outbound_unknown",
+                "An SMS send got no answer: it may or may not have been sent "
+                "(see aatrox-relay status; [outbound] retry_unknown)",
+            )
+        elif outcome == SENT:
+            self.alerts.resolved("outbound_unknown")
 
     def unexpected(self, exc: BaseException) -> None:
         """Report a bug to Sentry (scrubbed, without local variables)."""

@@ -58,6 +58,8 @@ DEFAULT_TOKEN = "sim-token"
 DEFAULT_LISTING_LIMIT = 1000
 #: What /sms/send/disclaimer appends.
 DISCLAIMER = " -- Sent via Aatrox"
+#: Longest sender a message may be injected with (alphanumeric sender ids are 11).
+MAX_SENDER_ID = 32
 #: Longest text a send accepts (ten concatenated SMS).
 MAX_TEXT_LENGTH = 1600
 #: Most recipients one bulk send accepts.
@@ -73,10 +75,12 @@ Envelope = Literal["array", "messages", "data", "results", "items"]
 TimeFormat = Literal["iso_z", "iso_offset", "iso_naive", "unix", "unix_ms"]
 NumberFormat = Literal["e164", "international", "national"]
 IdType = Literal["str", "int"]
+ListingShape = Literal["full", "no_text", "no_sender", "id_only"]
 ENVELOPES: tuple[Envelope, ...] = ("array", "messages", "data", "results", "items")
 ID_TYPES: tuple[IdType, ...] = ("str", "int")
 TIME_FORMATS: tuple[TimeFormat, ...] = ("iso_z", "iso_offset", "iso_naive", "unix", "unix_ms")
 NUMBER_FORMATS: tuple[NumberFormat, ...] = ("e164", "international", "national")
+LISTING_SHAPES: tuple[ListingShape, ...] = ("full", "no_text", "no_sender", "id_only")
 #: The key a detail answer wraps its message under, per envelope (None: bare).
 _DETAIL_WRAPPERS: dict[str, str | None] = {
     "array": None,
@@ -98,6 +102,11 @@ class WireFormat:
     ``tz_offset_minutes`` east of UTC (600 for Australian Eastern Standard Time: a relay
     reading iso_naive times then needs ``timezone`` set to match); iso_naive uses a
     space separator.
+
+    ``listing`` says which fields a listing item carries: ``full`` (all), ``no_text``
+    (id, sender, recipient, time), ``no_sender`` (id, recipient, text, time) or
+    ``id_only`` (only id and time: "message IDs with timestamps"). Detail answers are
+    always full. A ``text_key`` of None is the same as ``no_text``.
     """
 
     envelope: Envelope = "array"
@@ -111,9 +120,11 @@ class WireFormat:
     time_format: TimeFormat = "iso_z"
     number_format: NumberFormat = "e164"
     tz_offset_minutes: int = DEFAULT_TZ_OFFSET_MINUTES
+    listing: ListingShape = "full"
 
     def __post_init__(self) -> None:
         choices = {
+            "listing": (self.listing, LISTING_SHAPES),
             "envelope": (self.envelope, ENVELOPES),
             "id_type": (self.id_type, ID_TYPES),
             "time_format": (self.time_format, TIME_FORMATS),
@@ -235,6 +246,8 @@ class Simulator(Served):
         self.requests: Counter[str] = Counter()
         #: Receive requests per ``to`` as the client spelled it, for per-number poll rates.
         self.polls: Counter[str] = Counter()
+        #: Seconds every ``GET /sms/{id}`` takes before it answers (a slow details API).
+        self.details_delay = 0.0
 
     # --- settings ----------------------------------------------------------
 
@@ -273,7 +286,9 @@ class Simulator(Served):
     def inject(
         self, sender: str, recipient: str, text: str, received_at: datetime | None = None
     ) -> SimMessage:
-        """Receive a message; ids count up from 1. Numbers may be in any AU spelling.
+        """Receive a message; ids count up from 1. Numbers may be in any AU spelling;
+        a sender that is not a phone number (``Telstra``, the short code ``1234``) is
+        kept as given, as carriers deliver it.
 
         ``received_at`` defaults to the clock's now, to the millisecond.
         """
@@ -285,7 +300,7 @@ class Simulator(Served):
             raise ValueError(msg)
         message = SimMessage(
             id=self._next_id,
-            sender=normalise(sender, SIM_REGION),
+            sender=sender_id(sender),
             recipient=normalise(recipient, SIM_REGION),
             text=text,
             received_at=received_at.astimezone(timezone.utc),
@@ -352,6 +367,8 @@ class Simulator(Served):
                 self.polls[request.query.get("to", "")] += 1
                 return self._receive(request)
             if endpoint == "details":
+                if self.details_delay:
+                    await asyncio.sleep(self.details_delay)
                 return self._details(path[len(API_PREFIX) + len("/sms/") :])
             if endpoint in ("send", "send_disclaimer", "send_bulk"):
                 return self._send(endpoint, request.body)
@@ -404,7 +421,8 @@ class Simulator(Served):
         if self._listing_limit >= 0:
             inbox = inbox[-self._listing_limit :] if self._listing_limit else []
         wire = self._wire
-        items = [_render(m, wire, with_text=wire.text_key is not None) for m in inbox]
+        shape = "no_text" if wire.text_key is None and wire.listing == "full" else wire.listing
+        items = [_render(m, wire, shape) for m in inbox]
         payload: object = items if wire.envelope == "array" else {wire.envelope: items}
         return _dumps(payload)
 
@@ -414,7 +432,7 @@ class Simulator(Served):
         if message is None:
             return json_response({"error": "message not found"}, 404)
         wire = self._wire
-        item = _render(message, wire, with_text=True)
+        item = _render(message, wire, "full")
         wrapper = _DETAIL_WRAPPERS[wire.envelope]
         return Response(body=_dumps(item if wrapper is None else {wrapper: item}))
 
@@ -461,7 +479,9 @@ class Simulator(Served):
                     received_at = parse_timestamp(body["received_at"], timezone.utc)
                 except ApiInvalidResponse as exc:
                     raise _BadInput(f"received_at: {exc}") from None
-            sender = _number(_field(body, "from", str), "from")
+            sender = _field(body, "from", str)
+            if not sender.strip() or len(sender) > MAX_SENDER_ID or not sender.isprintable():
+                raise _BadInput("from: not a phone number or sender id")
             recipient = _number(_field(body, "to", str), "to")
             message = self.inject(sender, recipient, _field(body, "text", str), received_at)
             return json_response({"id": str(message.id)}, 201)
@@ -529,20 +549,22 @@ def _endpoint(method: str, rest: str) -> str:
     return "unknown"
 
 
-def _render(message: SimMessage, wire: WireFormat, *, with_text: bool) -> dict[str, object]:
+def _render(message: SimMessage, wire: WireFormat, shape: ListingShape) -> dict[str, object]:
     item: dict[str, object] = {
-        wire.id_key: message.id if wire.id_type == "int" else str(message.id),
-        wire.from_key: _format_number(message.sender, wire.number_format),
-        wire.to_key: _format_number(message.recipient, wire.number_format),
+        wire.id_key: message.id if wire.id_type == "int" else str(message.id)
     }
-    if with_text:
+    if shape in ("full", "no_text"):
+        item[wire.from_key] = _format_number(message.sender, wire.number_format)
+    if shape != "id_only":
+        item[wire.to_key] = _format_number(message.recipient, wire.number_format)
+    if shape in ("full", "no_sender"):
         item[wire.text_key or "text"] = message.text
     item[wire.time_key] = _format_time(message.received_at, wire)
     return item
 
 
 def _format_number(number: str, number_format: str) -> str:
-    if number_format == "e164":
+    if number_format == "e164" or not number.startswith("+"):  # e.g. an alphanumeric sender
         return number
     if number_format == "international":
         return number[1:]
@@ -624,6 +646,14 @@ def _field(body: dict[str, object], name: str, kind: type[_T]) -> _T:
     return value
 
 
+def sender_id(value: str) -> str:
+    """A sender as the simulator keeps it: E.164 when it is a phone number, else as given."""
+    try:
+        return normalise(value, SIM_REGION)
+    except InvalidNumber:
+        return value.strip()
+
+
 def _number(value: str, name: str) -> str:
     try:
         return normalise(value, SIM_REGION)
@@ -653,6 +683,7 @@ _WIRE_TYPES: dict[str, type | tuple[type, ...]] = {
     "time_format": str,
     "number_format": str,
     "tz_offset_minutes": int,
+    "listing": str,
 }
 
 

@@ -25,12 +25,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -108,6 +105,18 @@ def webhook_id(number: str, provider_id: str, webhook: str) -> str:
     """
     digest = hashlib.sha256(f"{number}\x00{provider_id}\x00{webhook}".encode()).hexdigest()
     return f"msg_{digest[:32]}"
+
+
+@dataclass(frozen=True)
+class NumberRecord:
+    """What the store knows of one number's polls, read at start and on reload."""
+
+    configured_at: datetime
+    first_polled_at: datetime | None
+    last_success_at: datetime | None
+    longest_listing: int
+    gap_since: datetime | None
+    gaps: int
 
 
 @dataclass(frozen=True)
@@ -250,22 +259,59 @@ class Store:
             store.migrate()
         return store
 
-    def migrate(self) -> None:
-        """Apply every Alembic migration not yet applied."""
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    def migrate(self) -> bool:
+        """Bring the schema to :data:`relay.migrations.HEAD`; whether anything was applied.
+
+        A store already there costs one query and no Alembic. On PostgreSQL, relays
+        migrating at once take turns (an advisory lock), so all of them start.
+        """
+        from relay import migrations
+
         try:
             with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                return migrations.upgrade(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"cannot migrate the store: {_one_line(exc)}") from None
+            msg = f"cannot migrate the store: {_one_line(exc)}"
+            raise StoreError(msg) from None
 
     def close(self) -> None:
         """Release every connection."""
         self.engine.dispose()
 
     # --- polling ------------------------------------------------------------
+
+    def load_numbers(self, names: Sequence[str]) -> dict[str, NumberRecord]:
+        """What the store knows of each configured number, marking any it has never seen
+        (or knew only from failed polls) as configured now: one transaction."""
+        now = self.clock.now()
+        wanted = list(dict.fromkeys(names))
+        found: dict[str, NumberRecord] = {}
+        with self.engine.begin() as conn:
+            if wanted:
+                conn.execute(
+                    self.insert(numbers).on_conflict_do_nothing(index_elements=[numbers.c.number]),
+                    [{"number": name, "configured_at": now} for name in wanted],
+                )
+                conn.execute(
+                    numbers.update()
+                    .where(numbers.c.number.in_(wanted), numbers.c.configured_at.is_(None))
+                    .values(configured_at=now)
+                )
+            n = numbers.c
+            for start in range(0, len(wanted), LOOKUP_CHUNK):
+                chunk = wanted[start : start + LOOKUP_CHUNK]
+                query = sa.select(
+                    n.number,
+                    n.configured_at,
+                    n.first_polled_at,
+                    n.last_success_at,
+                    n.longest_listing,
+                    n.gap_since,
+                    n.gaps,
+                ).where(n.number.in_(chunk))
+                for row in conn.execute(query):
+                    found[row.number] = NumberRecord(*row[1:])
+        return found
 
     def known_numbers(self) -> set[str]:
         """Numbers that have had their first poll (their backfill is done)."""
@@ -325,7 +371,7 @@ class Store:
                 {
                     "number": number,
                     "provider_id": m.id,
-                    "sender": m.sender,
+                    "sender": m.sender or "",
                     "recipient": m.recipient,
                     "text": m.text or "",
                     "received_at": m.received_at,
@@ -528,8 +574,9 @@ class Store:
             conn.execute(sa.text("SELECT 1"))
 
     def save_poll_states(self, states: Sequence[dict[str, Any]]) -> None:
-        """Persist numbers' poll state (for ``status``): dicts with number, last_poll_at,
-        last_success_at, consecutive_failures and last_error. Unknown numbers are skipped."""
+        """Persist numbers' poll state (for ``status`` and the next start): dicts with
+        number, last_poll_at, last_success_at, consecutive_failures, last_error,
+        longest_listing, gap_since, gaps and unresolved. Unknown numbers are skipped."""
         if not states:
             return
         stmt = (
@@ -544,6 +591,10 @@ class Store:
                 ),
                 consecutive_failures=sa.bindparam("consecutive_failures"),
                 last_error=sa.bindparam("last_error"),
+                longest_listing=sa.bindparam("longest_listing"),
+                gap_since=sa.bindparam("gap_since", type_=UtcDateTime()),
+                gaps=sa.bindparam("gaps"),
+                unresolved=sa.bindparam("unresolved"),
             )
         )
         with self.engine.begin() as conn:

@@ -55,7 +55,10 @@ class Answer:
     retry_after: float | None = None
     #: Do not retry (410 Gone).
     final: bool = False
+    #: The answer's body, decoded, cut at :data:`MAX_ANSWER_BYTES`.
     body: bytes = b""
+    #: Why the body could not be read, when it could not (its status still counts).
+    body_error: str | None = None
 
 
 class Webhook:
@@ -93,21 +96,18 @@ class Webhook:
             "POST", self.config.url, content=payload, headers=headers
         )
         response = await self._client.send(request, stream=True)
+        body_error = None
         try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) <= MAX_ANSWER_BYTES:
-                answer = await response.aread()  # the common case: small, one read
-            else:
-                answer = b""
-                async for chunk in response.aiter_raw():
-                    answer += chunk
-                    if len(answer) >= MAX_ANSWER_BYTES:
-                        break
+            answer = await _read(response)
+        except httpx.DecodingError:
+            answer = b""
+            encoding = " ".join(response.headers.get("content-encoding", "").split())[:40]
+            body_error = f"the answer's content-encoding ({encoding}) does not decode"
         finally:
             await response.aclose()
         status = response.status_code
         if 200 <= status < 300:
-            return Answer(True, status, body=answer[:MAX_ANSWER_BYTES])
+            return Answer(True, status, body=answer, body_error=body_error)
         error = f"HTTP {status}"
         if 300 <= status < 400:
             error += " (redirects are not followed)"
@@ -119,3 +119,16 @@ class Webhook:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+
+async def _read(response: httpx.Response) -> bytes:
+    """The body, decoded (``Content-Encoding``), cut at :data:`MAX_ANSWER_BYTES`; reading
+    stops there. DecodingError when the encoding does not decode."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        parts.append(chunk[: MAX_ANSWER_BYTES - size])
+        size += len(parts[-1])
+        if size >= MAX_ANSWER_BYTES:
+            break
+    return b"".join(parts)

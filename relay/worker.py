@@ -3,6 +3,13 @@
 A :class:`Worker` claims due items up to its concurrency, processes each in
 its own task, and sleeps until it is woken (new work queued, a task finished)
 or its next item falls due. Webhook lanes and the outbox are workers.
+
+Every claimed item ends in a recorded outcome or a handed-back claim, never in a
+claim that outlives the work (the lease keeper renews every claim of this relay):
+when :meth:`Worker.process` raises, :meth:`Worker.failed` records an outcome; when
+even that fails, the claim is released (:func:`release`) to fall due again after
+``store.lease``, as if this relay had died, so a failure that repeats costs one
+attempt per lease rather than a tight loop.
 """
 
 from __future__ import annotations
@@ -12,12 +19,17 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from datetime import datetime
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+import sqlalchemy as sa
 
 from relay.clock import Clock
 from relay.errors import StoreError
+from relay.events import Events
 from relay.logs import fields
+from relay.store import AsyncStore, Store
 
 log = logging.getLogger("relay.worker")
 
@@ -44,15 +56,60 @@ class Item(Protocol):
 ItemT = TypeVar("ItemT", bound=Item)
 
 
+def release(
+    store: Store,
+    table: sa.Table,
+    ids: Sequence[int],
+    pause: float,
+    values: Mapping[str, Any],
+) -> int:
+    """Hand back this relay's claims on rows ``ids`` of a queue table (``deliveries`` or
+    ``outbound``): due again ``pause`` seconds from now, with ``values`` written too.
+    Rows another relay claimed meanwhile are left alone. How many were released."""
+    now = store.clock.now()
+    with store.engine.begin() as conn:
+        result = conn.execute(
+            table.update()
+            .where(table.c.id.in_(list(ids)), table.c.claimed_by == store.relay_id)
+            .values(
+                claimed_by=None,
+                claim_expires_at=None,
+                next_attempt_at=now + timedelta(seconds=pause),
+                **values,
+            )
+        )
+        return int(result.rowcount or 0)
+
+
+def internal_error(exc: BaseException) -> str:
+    """The one-line error stored for an item whose processing raised ``exc`` (a bug):
+    its type only, as its message may hold anything; the log has the traceback."""
+    return f"internal error ({type(exc).__name__}); see the relay's log"
+
+
 class Worker(ABC, Generic[ItemT]):
     """Claims and processes queued items, at most ``concurrency`` at once."""
 
     #: The event name prefix for this worker's logs.
     name = "worker"
 
-    def __init__(self, clock: Clock, concurrency: int) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        concurrency: int,
+        store: AsyncStore,
+        table: sa.Table,
+        events: Events | None = None,
+    ) -> None:
         self.clock = clock
         self.concurrency = concurrency
+        self.store = store
+        #: The queue table whose rows this worker claims.
+        self.table = table
+        self.events = events or Events()
+        #: Claimed items whose outcome could not be recorded: their claims are handed
+        #: back before the next claim.
+        self._orphans: set[int] = set()
         self._inflight: dict[int, asyncio.Task[None]] = {}
         #: Claimed, not yet started.
         self._queue: deque[ItemT] = deque()
@@ -74,6 +131,20 @@ class Worker(ABC, Generic[ItemT]):
     async def process(self, item: ItemT) -> None:
         """Handle one item, recording its outcome. Must not raise for expected failures."""
 
+    @abstractmethod
+    async def failed(self, item: ItemT, exc: Exception) -> None:
+        """Record an outcome for ``item``, whose :meth:`process` raised ``exc``: a retry
+        with backoff from now, or a final state. Raises when it cannot be recorded."""
+
+    def released(self) -> Mapping[str, Any]:
+        """Column values written with a claim handed back without an outcome (none here)."""
+        return {}
+
+    def abandon(self, item_id: int) -> None:
+        """The outcome of ``item_id`` could not be recorded: hand its claim back soon."""
+        self._orphans.add(item_id)
+        self._wake.set()
+
     @property
     def in_flight(self) -> int:
         """Items being processed now."""
@@ -86,6 +157,8 @@ class Worker(ABC, Generic[ItemT]):
     async def fill(self) -> int:
         """Start items up to the free slots, claiming a batch when the local queue runs
         low; how many started."""
+        if self._orphans:
+            await self._release_orphans()
         free = self.concurrency - len(self._inflight)
         if free <= 0:
             return 0
@@ -104,15 +177,45 @@ class Worker(ABC, Generic[ItemT]):
     async def _guarded(self, item: ItemT) -> None:
         try:
             await self.process(item)
-        except Exception as exc:  # a bug: the claim lapses and the item is tried again
-            log.error(
-                f"relay.{self.name}.crashed",
-                exc_info=True,
-                extra=fields(id=item.id, error=f"{type(exc).__name__}: {exc}"[:300]),
-            )
+        except Exception as exc:
+            self._report(exc, item.id)
+            try:
+                await self.failed(item, exc)
+            except Exception as again:  # not even that: hand the claim back
+                self._report(again, item.id)
+                self.abandon(item.id)
         finally:
             self._inflight.pop(item.id, None)
             self._wake.set()
+
+    def _report(self, exc: Exception, item_id: int) -> None:
+        """Log and report an exception out of processing or recording an item."""
+        if isinstance(exc, StoreError):
+            log.error(f"relay.{self.name}.unrecorded", extra=fields(id=item_id, error=str(exc)))
+            self.events.store_failed(str(exc))
+            return
+        log.error(
+            f"relay.{self.name}.crashed",
+            exc_info=True,
+            extra=fields(id=item_id, error=f"{type(exc).__name__}: {exc}"[:300]),
+        )
+        self.events.unexpected(exc)
+
+    async def _release_orphans(self) -> None:
+        """Hand back the claims of items left without an outcome, due after ``store.lease``."""
+        ids = sorted(self._orphans)
+        pause = self.store.sync.lease
+        await self._release(ids, pause)
+        self._orphans.difference_update(ids)
+        log.warning(
+            f"relay.{self.name}.released",
+            extra=fields(count=len(ids), ids=",".join(map(str, ids[:20])), after=f"{pause:g}s"),
+        )
+
+    async def _release(self, ids: Sequence[int], pause: float) -> int:
+        return await self.store.call(
+            release, self.store.sync, self.table, ids, pause, self.released()
+        )
 
     async def run(self) -> None:
         """Process until :meth:`drain`."""
@@ -137,9 +240,12 @@ class Worker(ABC, Generic[ItemT]):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     async def run_once(self, timeout: float) -> None:
-        """Process everything due now, then return (for ``poll-once`` and tests)."""
+        """Process everything due now, then return (for ``poll-once`` and tests).
+
+        Items cut off after ``timeout`` fall due again after ``store.lease``, not at once.
+        """
         while await self.fill() or self._inflight:
-            await self.settle(timeout)
+            await self.settle(timeout, pause=self.store.sync.lease)
 
     async def _idle(self) -> float:
         nxt = await self.next_due()
@@ -147,15 +253,22 @@ class Worker(ABC, Generic[ItemT]):
             return IDLE_RECHECK
         return min((nxt - self.clock.now()).total_seconds(), IDLE_RECHECK)
 
-    async def settle(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for the items in flight; cancel the rest. How many were cut."""
+    async def settle(self, timeout: float, pause: float = 0.0) -> int:
+        """Wait up to ``timeout`` for the items in flight; cancel the rest and hand back
+        their claims, due again after ``pause`` seconds. How many were cut."""
         tasks = list(self._inflight.values())
         if not tasks:
             return 0
         _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        cut = [item_id for item_id, task in self._inflight.items() if task in pending]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if cut:
+            try:
+                await self._release(cut, pause)
+            except StoreError as exc:  # they lapse once nothing renews them (shutdown)
+                log.error(f"relay.{self.name}.store_error", extra=fields(error=str(exc)))
         return len(pending)
 
     async def drain(self, timeout: float) -> int:

@@ -126,7 +126,7 @@ async def test_status_after_poll_once(
     hook = doc["webhooks"][0]
     assert (hook["name"], hook["pending"], hook["dead"], hook["delivered"]) == ("hook", 0, 1, 2)
     assert hook["last_error"] == "HTTP 410" and hook["oldest_pending_at"] is None
-    assert doc["outbound"] == {"pending": 0, "sent": 0, "failed": 0}
+    assert doc["outbound"] == {"pending": 0, "sent": 0, "failed": 0, "unknown": 0}
 
 
 @pytest.mark.anyio

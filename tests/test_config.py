@@ -17,6 +17,7 @@ from relay.config import (
     HttpConfig,
     LogConfig,
     NumberConfig,
+    OutboundConfig,
     PollConfig,
     RunConfig,
     SentryConfig,
@@ -219,6 +220,13 @@ def test_number_and_table_defaults(tmp_path: Path) -> None:
     assert config.sentry == SentryConfig(
         DSN, environment=None, release=None, traces_sample_rate=0.0, monitor=False
     )
+
+
+def test_outbound_retry_unknown(tmp_path: Path) -> None:
+    """[outbound] retry_unknown is off unless the config turns it on."""
+    assert load_text(tmp_path, API).outbound == OutboundConfig(retry_unknown=False)
+    config = load_text(tmp_path, API + "[outbound]\nretry_unknown = true\n")
+    assert config.outbound == OutboundConfig(retry_unknown=True)
 
 
 @pytest.mark.parametrize(
@@ -686,6 +694,13 @@ BAD_CONFIGS = [
         "sentry.monitor: expected a boolean, got integer",
     ),
     ("run-key", API + "[run]\ntimeout = 1\n", 'run: unknown key "timeout"'),
+    (
+        "retry-unknown",
+        API + '[outbound]\nretry_unknown = "yes"\n',
+        "outbound.retry_unknown: expected a boolean, got string",
+    ),
+    ("outbound-key", API + "[outbound]\nretry = true\n", 'outbound: unknown key "retry"'),
+    ("outbound-table", 'outbound = "retry"\n' + API, "outbound: expected a table, got string"),
     (
         "shutdown-zero",
         API + '[run]\nshutdown_timeout = "0s"\n',

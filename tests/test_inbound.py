@@ -228,7 +228,9 @@ def test_region_reads_national_numbers() -> None:
 
 
 def test_bad_items_are_skipped_and_the_rest_kept() -> None:
-    """Each unreadable item is skipped with a reason; the good ones all go through."""
+    """Only items without a usable id or time are skipped, each with a reason; the rest
+    go through, a missing or odd sender as None or as given, a bad recipient as the
+    polled number."""
     payload = [
         item(id="1"),
         item(id=None, text=SECRET_TEXT),
@@ -245,18 +247,19 @@ def test_bad_items_are_skipped_and_the_rest_kept() -> None:
         item(id="bad\nid"),
     ]
     result = listing(payload)
-    assert [m.id for m in result.messages] == ["1", "11"]
-    assert len(result.skipped) == len(payload) - 2
+    assert [m.id for m in result.messages] == ["1", "3", "4", "8", "10", "11"]
+    by_id = {m.id: m for m in result.messages}
+    assert by_id["3"].sender is None and not by_id["3"].complete
+    assert by_id["4"].sender == "not a number"
+    assert by_id["8"].recipient == NUMBER
+    assert by_id["10"].sender is None
+    assert len(result.skipped) == len(payload) - 6
     expected = [
         "item 1: no id",
-        "item 2: message 3: no sender",
-        "item 3: message 4: from: not a phone number",
         "item 4: message 5: no timestamp",
         "item 5: message 6: timestamp: not ISO 8601",
         "item 6: message is a string",
-        "item 7: message 8: to: not a phone number",
         "item 8: id: an array is not an id",
-        "item 9: message 10: from: an object is not a phone number",
         "item 11: message 1: duplicate id",
         "item 12: id: not a usable id",
     ]
@@ -267,6 +270,42 @@ def test_bad_items_are_skipped_and_the_rest_kept() -> None:
         assert "secret" not in reason
         assert "999 888" not in reason
         assert "412345678" not in reason
+
+
+@pytest.mark.parametrize(
+    ("item_fields", "sender", "text"),
+    [
+        ({"from": None, "to": None, "text": None}, None, None),  # "IDs with timestamps"
+        ({"from": None}, None, "hello"),
+        ({"text": None}, "+61412345678", None),
+    ],
+)
+def test_half_complete_items_are_kept_for_their_details(
+    item_fields: dict[str, object], sender: str | None, text: str | None
+) -> None:
+    """An item with an id and a time but no sender, no text or neither is kept, incomplete."""
+    (message,) = listing([item(**item_fields)]).messages
+    assert (message.sender, message.text) == (sender, text)
+    assert message.recipient == NUMBER
+    assert message.complete == (sender is not None and text is not None)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("Telstra", "Telstra"),
+        (" CommBank ", "CommBank"),
+        ("1234", "1234"),
+        (1234, "1234"),
+        ("04123abc78", "04123abc78"),  # letters are never read as keypad digits
+        ("61412345678", "+61412345678"),
+        ("0412 345 678", "+61412345678"),
+    ],
+)
+def test_alphanumeric_senders_and_short_codes_are_kept_as_given(given: object, kept: str) -> None:
+    """A sender that is not a phone number is delivered exactly as the provider gave it."""
+    (message,) = listing([item(**{"from": given})]).messages
+    assert message.sender == kept
 
 
 def test_missing_recipient_without_number_is_an_error() -> None:

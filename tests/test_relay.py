@@ -31,6 +31,7 @@ def _variants() -> list[WireFormat]:
         "time_key": ["timestamp", "received_at", "receivedAt", "created_at", "date"],
         "time_format": ["iso_z", "iso_offset", "iso_naive", "unix", "unix_ms"],
         "number_format": ["e164", "international", "national"],
+        "listing": ["full", "id_only", "no_sender", "no_text"],
     }
     longest = max(len(v) for v in axes.values())
     columns = {k: list(islice(cycle(v), longest + 1)) for k, v in axes.items()}
@@ -42,7 +43,13 @@ async def _running(relay: Relay) -> tuple[asyncio.Event, asyncio.Task[None]]:
     return stop, asyncio.create_task(relay.run(stop))
 
 
-@pytest.mark.parametrize("wire", _variants(), ids=lambda w: f"{w.envelope}-{w.time_format}")
+#: Senders of every kind: a mobile number, an alphanumeric sender id, a short code.
+SENDERS = (SENDER, "Telstra", "1234")
+
+
+@pytest.mark.parametrize(
+    "wire", _variants(), ids=lambda w: f"{w.envelope}-{w.time_format}-{w.listing}"
+)
 async def test_every_shape_arrives_once_with_its_fields(
     sim: Simulator, receiver: WebhookReceiver, sqlite_url: str, wire: WireFormat
 ) -> None:
@@ -54,7 +61,8 @@ async def test_every_shape_arrives_once_with_its_fields(
         stop, task = await _running(relay)
         for wave in range(3):
             for n, number in enumerate(NUMBERS):
-                injected.append(sim.inject(SENDER, number, f"wave {wave} #{n} ✓ émoji 🎉"))
+                sender = SENDERS[(wave + n) % len(SENDERS)]
+                injected.append(sim.inject(sender, number, f"wave {wave} #{n} ✓ émoji 🎉"))
             await receiver.wait_for(len(injected), timeout=10)
         # A few more polls of the same listing must not deliver anything twice.
         polls = sim.requests["receive"]

@@ -113,7 +113,7 @@ async def test_api_errors_are_retried_and_400_is_final(
 
         counts = await relay.store.call(outbox.counts, relay.store.sync)
     assert [s.text for s in sim.sent] == ["first"]
-    assert counts == {"pending": 0, "sent": 1, "failed": 1}
+    assert counts == {"pending": 0, "sent": 1, "failed": 1, "unknown": 0}
 
 
 async def test_a_non_reply_answer_sends_nothing(
@@ -129,6 +129,21 @@ async def test_a_non_reply_answer_sends_nothing(
         summary = await relay.poll_once()
     assert summary.counts["delivered"] == 5
     assert sim.sent == []
+
+
+@pytest.mark.parametrize("sender", ["Telstra", "1234"])
+async def test_no_reply_to_a_sender_that_is_not_a_phone_number(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str, sender: str
+) -> None:
+    """A reply to an alphanumeric sender id or a short code is ignored: the message is
+    delivered, no SMS is sent (it could only be refused or reach someone else)."""
+    receiver.respond(reply({"reply": "Thanks"}))
+    sim.inject(sender, NUMBERS[0], "Your bill is ready")
+    config = relay_config(sim.url, receiver.url, sqlite_url, numbers=NUMBERS[:1])
+    async with Relay(config) as relay:
+        summary = await relay.poll_once()
+    assert summary.counts["delivered"] == 1
+    assert sim.requests["send"] == 0
 
 
 async def test_reply_survives_sigkill(

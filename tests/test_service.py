@@ -83,6 +83,17 @@ def _config(tmp_path: Path, sim: Simulator, receiver: WebhookReceiver, extra: st
     )
 
 
+async def _ready(http: httpx.AsyncClient, timeout: float = 5.0) -> httpx.Response:
+    """GET /readyz until it answers 200 (every number has had a successful poll), or
+    the last answer after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        answer = await http.get("/readyz")
+        if answer.status_code == 200 or asyncio.get_running_loop().time() > deadline:
+            return answer
+        await asyncio.sleep(0.05)
+
+
 async def test_systemd_protocol_health_reload_and_stop(
     peers: tuple[Simulator, WebhookReceiver], tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -99,7 +110,7 @@ async def test_systemd_protocol_health_reload_and_stop(
     await receiver.wait_for(1, timeout=20)
     async with httpx.AsyncClient(base_url=url) as http:
         assert (await http.get("/healthz")).status_code == 200
-        ready_answer = await http.get("/readyz")
+        ready_answer = await _ready(http)
         assert ready_answer.status_code == 200, ready_answer.text
         metrics = (await http.get("/metrics")).text
         families = {f.name: f for f in text_string_to_metric_families(metrics)}

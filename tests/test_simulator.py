@@ -218,8 +218,29 @@ async def test_detail_wrapping(
             WireFormat(time_format="iso_naive", tz_offset_minutes=-300, text_key=None),
             {"id": "1", "from": ALICE, "to": OURS, "timestamp": "2025-12-31 19:00:00.250"},
         ),
+        (
+            WireFormat(listing="id_only"),
+            {"id": "1", "timestamp": "2026-01-01T00:00:00.250Z"},
+        ),
+        (
+            WireFormat(listing="no_sender"),
+            {"id": "1", "to": OURS, "text": "t", "timestamp": "2026-01-01T00:00:00.250Z"},
+        ),
+        (
+            WireFormat(listing="no_text"),
+            {"id": "1", "from": ALICE, "to": OURS, "timestamp": "2026-01-01T00:00:00.250Z"},
+        ),
     ],
-    ids=["default", "renamed-unix", "international-ms", "national-offset", "naive-no-text"],
+    ids=[
+        "default",
+        "renamed-unix",
+        "international-ms",
+        "national-offset",
+        "naive-no-text",
+        "id-only",
+        "no-sender",
+        "no-text",
+    ],
 )
 async def test_wire_formats(
     sim: Simulator, http: httpx.AsyncClient, wire: WireFormat, expected: dict[str, object]
@@ -230,10 +251,26 @@ async def test_wire_formats(
     assert await receive(http, OURS) == [expected]
 
 
+async def test_alphanumeric_sender_is_kept_as_given(
+    sim: Simulator, http: httpx.AsyncClient
+) -> None:
+    """A sender id such as Telstra, or a short code, is listed exactly as injected."""
+    sim.wire = WireFormat(number_format="international")
+    sim.inject("Telstra", OURS, "your bill")
+    async with httpx.AsyncClient(base_url=sim.url) as control:
+        response = await control.post(
+            "/_sim/messages", json={"from": "1234", "to": OURS, "text": "code 1"}
+        )
+    assert response.status_code == 201
+    assert [m["from"] for m in await receive(http, OURS)] == ["Telstra", "1234"]
+
+
 def test_wire_format_validation() -> None:
     """Unknown choices and clashing keys are refused."""
     with pytest.raises(ValueError, match="envelope"):
         WireFormat(envelope="xml")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="listing"):
+        WireFormat(listing="ids")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="distinct"):
         WireFormat(from_key="to")
     with pytest.raises(ValueError, match="count"):
@@ -420,7 +457,8 @@ async def test_control_endpoints(sim: Simulator) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("POST", "/_sim/messages", {"from": "x", "to": OURS, "text": "hi"}),
+        ("POST", "/_sim/messages", {"from": " ", "to": OURS, "text": "hi"}),
+        ("POST", "/_sim/messages", {"from": ALICE, "to": "x", "text": "hi"}),
         ("POST", "/_sim/messages", {"from": ALICE, "to": OURS}),
         ("POST", "/_sim/messages", {"from": ALICE, "to": OURS, "text": "t", "received_at": "soon"}),
         ("POST", "/_sim/faults", {"stauts": 500}),

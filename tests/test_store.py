@@ -67,7 +67,7 @@ def test_migrate_is_idempotent(store: Store) -> None:
     """Migrating an up-to-date store again changes nothing and does not fail."""
     store.migrate()
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
 
 
 def test_record_queues_one_delivery_per_webhook(store: Store) -> None:
@@ -229,3 +229,41 @@ def test_text_round_trips(store: Store) -> None:
     text = "こんにちは 👋 — ünïcödé"
     store.record(NUMBER, [msg(1, text=text)], lambda _m: ("a",))
     assert store.claim("a", 1)[0].text == text
+
+
+def test_numbers_remember_when_they_were_first_configured(store: Store, clock: FakeClock) -> None:
+    """load_numbers marks a number configured once, keeps that moment across loads, and
+    gives one known only from failed polls its moment too."""
+    failing = "+61400000009"
+    store.record_failure(failing, "HTTP 401")
+    first = store.load_numbers([NUMBER, failing])
+    assert first[NUMBER].configured_at == T0
+    assert first[failing].configured_at == T0
+    assert first[NUMBER].first_polled_at is None
+    clock.advance(3600)
+    store.record(NUMBER, [msg(1)], both)
+    again = store.load_numbers([NUMBER, failing, "+61400000003"])
+    assert again[NUMBER].configured_at == T0
+    assert again[NUMBER].first_polled_at == T0 + timedelta(hours=1)
+    assert again["+61400000003"].configured_at == T0 + timedelta(hours=1)
+
+
+def test_poll_state_round_trips(store: Store) -> None:
+    """Gap state and the longest listing saved by save_poll_states come back on load."""
+    store.load_numbers([NUMBER])
+    row = {
+        "number": NUMBER,
+        "last_poll_at": T0,
+        "last_success_at": T0,
+        "consecutive_failures": 0,
+        "last_error": None,
+        "longest_listing": 1000,
+        "gap_since": T0,
+        "gaps": 3,
+        "unresolved": 2,
+    }
+    store.save_poll_states([row])
+    loaded = store.load_numbers([NUMBER])[NUMBER]
+    assert (loaded.longest_listing, loaded.gap_since, loaded.gaps) == (1000, T0, 3)
+    store.save_poll_states([{**row, "gap_since": None}])
+    assert store.load_numbers([NUMBER])[NUMBER].gap_since is None

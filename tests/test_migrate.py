@@ -1,0 +1,111 @@
+"""Migrations: HEAD kept in step with Alembic, no Alembic at all for a store at head, and
+relays started together on a fresh PostgreSQL database taking turns to migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from relay.clock import SystemClock
+from relay.migrations import HEAD, SCRIPT_LOCATION, revision
+from relay.receiver import WebhookReceiver
+from relay.simulator import Simulator
+from relay.store import Store
+from tests.support import RelayProcess, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Relays started at once on one fresh database.
+TOGETHER = 3
+#: Three interpreters importing the relay at once on a loaded two-core machine.
+START_TIMEOUT = 60.0
+
+
+def alembic_head() -> str | None:
+    """The head revision Alembic finds in relay/migrations/versions."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_head_is_alembics_head() -> None:
+    """relay.migrations.HEAD names the newest migration: a new one without a bump fails here."""
+    assert alembic_head() == HEAD
+
+
+def test_a_store_at_head_opens_without_alembic(sqlite_url: str) -> None:
+    """The first open migrates; opening a store at head neither migrates nor imports Alembic."""
+    store = Store.open(sqlite_url, SystemClock(), migrate=False)
+    try:
+        assert store.migrate() is True
+        assert store.migrate() is False
+        with store.engine.connect() as conn:
+            assert revision(conn) == HEAD
+    finally:
+        store.close()
+    code = (
+        "import sys; import relay.service; from relay.clock import SystemClock; "
+        "from relay.store import Store; Store.open(sys.argv[1], SystemClock()).close(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, sqlite_url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+async def _started(relay: RelayProcess) -> None:
+    """Wait for ``relay.started``; fail at once, with its last lines, if it exits first."""
+    starting = asyncio.create_task(relay.start(START_TIMEOUT))
+    while relay.proc is None and not starting.done():
+        await asyncio.sleep(0.01)
+    assert relay.proc is not None
+    exited = asyncio.create_task(relay.proc.wait())
+    await asyncio.wait({starting, exited}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        exited.cancel()
+        starting.result()
+        return
+    starting.cancel()
+    await asyncio.sleep(0.2)  # the rest of its stderr
+    tail = "\n".join(relay.lines[-5:])
+    pytest.fail(f"a relay exited with {relay.proc.returncode} before starting:\n{tail}")
+
+
+@pytest.mark.anyio
+async def test_three_relays_started_at_once_on_a_fresh_postgres_database_all_start(
+    tmp_path: Path, sim: Simulator, receiver: WebhookReceiver, postgres_url: str
+) -> None:
+    """Three `aatrox-relay run` on one empty database at once: all reach relay.started,
+    exactly one of them migrates, and the schema is at head."""
+    config = write_config(tmp_path / "relay.toml", sim.url, receiver.url, postgres_url)
+    relays = [RelayProcess(config) for _ in range(TOGETHER)]
+    try:
+        await asyncio.gather(*(_started(relay) for relay in relays))
+    finally:
+        codes = [
+            await relay.terminate()
+            for relay in relays
+            if relay.proc is not None and relay.proc.returncode is None
+        ]
+    assert codes == [0] * TOGETHER
+    migrated = [line for relay in relays for line in relay.lines if "relay.store.migrated" in line]
+    assert len(migrated) == 1, migrated
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            assert revision(conn) == alembic_head()
+    finally:
+        engine.dispose()

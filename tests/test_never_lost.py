@@ -1,0 +1,271 @@
+"""Never lost, whatever the API does: half-complete listings, gaps, late numbers, backfill."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay import admin
+from relay.clock import FakeClock
+from relay.config import Backfill, Config
+from relay.daemon import Relay
+from relay.metrics import Metrics
+from relay.poller import DETAILS_GIVE_UP
+from relay.receiver import WebhookReceiver
+from relay.schema import messages
+from relay.sentry import Alerts
+from relay.service import Telemetry
+from relay.simulator import Fault, Simulator, WireFormat
+from tests.support import NUMBERS, SENDER, TOKEN, recording_sentry, relay_config
+
+pytestmark = pytest.mark.anyio
+
+NUMBER = NUMBERS[0]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock that starts now, so the simulator's messages look recent."""
+    return FakeClock(datetime.now(timezone.utc))
+
+
+@pytest.fixture
+async def fake_sim(clock: FakeClock) -> AsyncIterator[Simulator]:
+    """The simulator on the same fake clock as the relay."""
+    async with Simulator(token=TOKEN, clock=clock) as s:
+        yield s
+
+
+def _one_number(sim: Simulator, receiver: WebhookReceiver, url: str, **kw: object) -> Config:
+    return relay_config(sim.url, receiver.url, url, numbers=(NUMBER,), **kw)  # type: ignore[arg-type]
+
+
+def _delivered(receiver: WebhookReceiver) -> list[dict[str, object]]:
+    out = []
+    for d in receiver.deliveries:
+        assert d.verified
+        data = d.payload["data"]
+        assert isinstance(data, dict)
+        out.append(data)
+    return out
+
+
+@pytest.mark.parametrize("shape", ["id_only", "no_sender", "no_text"])
+async def test_half_complete_listings_deliver_every_message_once(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str, shape: str
+) -> None:
+    """Listings without a sender, a text or both deliver each message once, with the fields
+    the details endpoint holds; nothing is skipped."""
+    sim.wire = dataclasses.replace(sim.wire, listing=shape)  # type: ignore[arg-type]
+    config = _one_number(sim, receiver, sqlite_url)
+    async with Relay(config) as relay:
+        await relay.poll_once()
+        held = [
+            sim.inject(SENDER, NUMBER, "Hello ✓"),
+            sim.inject("Telstra", NUMBER, "Your bill is ready"),
+            sim.inject("1234", NUMBER, "Code 5521"),
+        ]
+        for _ in range(3):  # more polls of the same listing deliver nothing again
+            await relay.poll_once()
+    got = {str(d["id"]): d for d in _delivered(receiver)}
+    assert len(receiver.deliveries) == len(held)
+    for m in held:
+        data = got[str(m.id)]
+        assert (data["from"], data["to"], data["text"]) == (m.sender, m.recipient, m.text)
+    assert sim.requests["details"] == (0 if shape == "full" else len(held))
+
+
+async def test_details_that_fail_leave_the_message_for_a_later_poll(
+    fake_sim: Simulator, clock: FakeClock, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """A message whose details answer 500 stays unrecorded and is tried again, backing off;
+    once the details answer it is delivered, once."""
+    sim = fake_sim
+    sim.wire = WireFormat(listing="id_only")
+    config = _one_number(sim, receiver, sqlite_url, interval=1.0)
+    async with Relay(config, clock=clock) as relay:
+        await relay.poll_once()
+        message = sim.inject(SENDER, NUMBER, "later")
+        sim.add_fault(Fault(status=500, path=f"/api/v2/sms/{message.id}", count=2))
+        first = await relay.poll_once()
+        assert first.polls[0].incomplete == 1
+        assert not receiver.deliveries
+        await relay.poll_once()  # backing off: its details are not asked for again yet
+        assert sim.requests["details"] == 1
+        clock.advance(1.0)
+        await relay.poll_once()  # second failure
+        assert sim.requests["details"] == 2
+        clock.advance(1.0)
+        await relay.poll_once()  # backing off 2 s now
+        assert sim.requests["details"] == 2
+        clock.advance(1.0)
+        last = await relay.poll_once()
+        assert last.polls[0].new == 1
+        for _ in range(2):
+            await relay.poll_once()
+    assert [d["text"] for d in _delivered(receiver)] == ["later"]
+
+
+async def test_unresolvable_message_is_reported_once(
+    fake_sim: Simulator,
+    clock: FakeClock,
+    receiver: WebhookReceiver,
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Details that never come: the message is retried, reported once after
+    DETAILS_GIVE_UP (log, metric, status), and never warned of on every poll."""
+    sim = fake_sim
+    sim.wire = WireFormat(listing="id_only")
+    metrics = Metrics(process=False)
+    config = _one_number(sim, receiver, sqlite_url, interval=1.0)
+    async with Relay(config, clock=clock, events=Telemetry(metrics, Alerts())) as relay:
+        await relay.poll_once()
+        message = sim.inject(SENDER, NUMBER, "never")
+        sim.add_fault(Fault(status=404, path=f"/api/v2/sms/{message.id}", count=10_000))
+        with caplog.at_level(logging.WARNING, logger="relay"):
+            for _ in range(40):
+                clock.advance(DETAILS_GIVE_UP / 20)
+                await relay.poll_once()
+                await relay.store.call(
+                    relay.store.sync.save_poll_states, relay.poller.take_changed_states()
+                )
+        found = admin.status(relay.store.sync, config)
+    reports = [r for r in caplog.records if r.getMessage() == "relay.poll.unresolved"]
+    assert len(reports) == 1
+    assert found.numbers[0].unresolved == 1
+    assert "1 unresolved" in admin.status_text(found)
+    assert _sample(metrics, "aatrox_relay_messages_unresolved_total", number=NUMBER) == 1.0
+    assert not receiver.deliveries
+    assert "never" not in caplog.text
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    body, _ = metrics.render()
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+async def test_a_listing_that_outran_the_relay_is_a_gap(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More messages between two polls than the listing holds: a gap is reported (log,
+    metric, one Sentry event, status) and the number is polled again at once; the next
+    overlapping listing closes it."""
+    sim.listing_limit = 5
+    metrics = Metrics(process=False)
+    config = _one_number(sim, receiver, sqlite_url)
+    with recording_sentry() as sentry_events:
+        alerts = Alerts()
+        async with Relay(config, events=Telemetry(metrics, alerts)) as relay:
+            for i in range(3):
+                sim.inject(SENDER, NUMBER, f"before {i}")
+            await relay.poll_once()
+            for i in range(2):
+                sim.inject(SENDER, NUMBER, f"in step {i}")
+            quiet = await relay.poll_once()
+            assert not quiet.polls[0].gap
+            for i in range(12):
+                sim.inject(SENDER, NUMBER, f"burst {i}")
+            polls = sim.requests["receive"]
+            with caplog.at_level(logging.INFO, logger="relay"):
+                summary = await relay.poll_once()
+                assert sim.requests["receive"] == polls + 2  # polled again at once
+                assert not summary.polls[0].gap  # the re-poll overlapped
+                for i in range(12):
+                    sim.inject(SENDER, NUMBER, f"second burst {i}")
+                await relay.poll_once()
+                gapped = admin.status(relay.store.sync, config)
+                sim.inject(SENDER, NUMBER, "calm")
+                await relay.poll_once()
+            closed = admin.status(relay.store.sync, config)
+    events = [r.getMessage() for r in caplog.records]
+    assert events.count("relay.poll.gap") == 2
+    assert "relay.poll.gap_closed" in events
+    assert _sample(metrics, "aatrox_relay_poll_gaps_total", number=NUMBER) == 2.0
+    gap_events = [
+        e for e in sentry_events.items("event") if "poll_gap" in json.dumps(e.get("tags", {}))
+    ]
+    assert len(gap_events) == 2  # one per episode: burst, then second burst
+    assert NUMBER not in sentry_events.everything().decode()
+    assert gapped.numbers[0].gaps == 2
+    assert closed.numbers[0].gap_since is None
+    assert "2 ever" in admin.status_text(closed)
+    texts = {d["text"] for d in _delivered(receiver)}
+    assert {f"burst {i}" for i in range(7, 12)} <= texts  # what the listing still held
+
+
+async def test_backfill_none_delivers_what_came_after_the_number_was_configured(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """A number added while the token is rejected: messages received before it was
+    configured are backfill, the one received while polls failed is delivered."""
+    now = datetime.now(timezone.utc)
+    sim.inject(SENDER, NUMBER, "history", now - timedelta(hours=2))
+    config = _one_number(sim, receiver, sqlite_url, backfill=Backfill("none"))
+    sim.token = "rotated-away"
+    async with Relay(config) as relay:
+        failed = await relay.poll_once()
+        assert failed.failed == 1
+        sim.inject(SENDER, NUMBER, "while the token was rejected")
+        sim.token = config.api.token
+        ok = await relay.poll_once()
+    assert (ok.polls[0].new, ok.polls[0].queued) == (2, 1)
+    assert [d["text"] for d in _delivered(receiver)] == ["while the token was rejected"]
+
+
+async def test_first_poll_of_a_long_id_only_listing_fetches_only_what_it_delivers(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """3,000 id-only items of history with slow details: backfill "none" fetches none of
+    them, the first poll completes and baselines the number, and what came later is
+    delivered."""
+    sim.wire = WireFormat(listing="id_only")
+    sim.listing_limit = 5000
+    old = datetime.now(timezone.utc) - timedelta(days=1)
+    for i in range(3000):
+        sim.inject(SENDER, NUMBER, f"old {i}", old + timedelta(seconds=i))
+    sim.details_delay = 0.2
+    config = _one_number(sim, receiver, sqlite_url, backfill=Backfill("none"))
+    async with Relay(config) as relay:
+        first = await relay.poll_once()
+        assert first.polls[0].error is None
+        assert first.polls[0].new == 3000
+        assert sim.requests["details"] == 0
+        sim.inject(SENDER, NUMBER, "new")
+        await relay.poll_once()
+    assert sim.requests["details"] == 1
+    assert [d["text"] for d in _delivered(receiver)] == ["new"]
+
+
+async def test_slow_details_keep_what_each_poll_completed(
+    sim: Simulator, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """More id-only messages than one poll's details budget can fetch: each poll records
+    what it completed, and every message arrives once in the end."""
+    sim.wire = WireFormat(listing="id_only")
+    config = _one_number(sim, receiver, sqlite_url)
+    config = dataclasses.replace(config, api=dataclasses.replace(config.api, timeout=0.3))
+    async with Relay(config) as relay:
+        await relay.poll_once()
+        held = [sim.inject(SENDER, NUMBER, f"m{i}") for i in range(150)]
+        sim.details_delay = 0.1  # 8 at a time: about 70 in the 0.9 s a poll has
+        first = await relay.poll_once()
+        assert 0 < first.polls[0].new < len(held)
+        sim.details_delay = 0.0
+        for _ in range(3):
+            await relay.poll_once()
+        with relay.store.sync.engine.connect() as conn:
+            stored = conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one()
+    assert stored == len(held)
+    assert sorted(str(d["id"]) for d in _delivered(receiver)) == sorted(str(m.id) for m in held)
