@@ -6,19 +6,27 @@ reads Content-Length and chunked request bodies, and streams an async-iterator r
 body with Transfer-Encoding: chunked under backpressure. A malformed request is answered
 400 and its connection closed; an exception in the handler is logged and answered 500;
 neither stops the server.
+
+What a client can make the process hold is bounded before anyone is authenticated: a
+path's :class:`Guard` (a bearer token, a body limit) is judged from the request head
+alone, so a wrong token gets 401 and an announced body over the limit 413 without a
+byte of the body read; heads are capped at :data:`MAX_HEAD_BYTES`; and the server holds
+at most ``max_connections`` connections and ``max_buffered_bytes`` of request input over
+all of them (503 and a close beyond).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import json
 import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -43,6 +51,15 @@ MAX_TRAILER_BYTES = 16 * 1024
 READ_BUFFER_LIMIT = 1024 * 1024
 #: Bodies up to this size are written in one piece with their head.
 SMALL_BODY_BYTES = 64 * 1024
+#: Most connections open at once; a connection beyond is answered 503 and closed.
+DEFAULT_MAX_CONNECTIONS = 4096
+#: Most request input held over all connections (heads, bodies being read, pipelined
+#: requests); the connection whose input goes beyond is answered 503 and closed.
+DEFAULT_MAX_BUFFERED_BYTES = 4 * DEFAULT_MAX_BODY_BYTES
+#: An overload (too many connections, too much input held) is logged at most this often.
+OVERLOAD_LOG_EVERY = 60.0
+#: The authentication scheme a :class:`Guard` with a token requires (any case, RFC 9110).
+BEARER = "bearer"
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
@@ -58,6 +75,17 @@ _CHUNK_END = 4
 _TRAILERS = 5
 _BUSY = 6
 _CLOSED = 7
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback IP address (v4, v6 or v4-mapped)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 @dataclass(frozen=True)
@@ -77,13 +105,7 @@ class Request:
 
     def is_loopback(self) -> bool:
         """Whether the request came from this machine."""
-        try:
-            address = ipaddress.ip_address(self.client)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return address.ipv4_mapped.is_loopback
-        return address.is_loopback
+        return _is_loopback(self.client)
 
 
 @dataclass
@@ -116,13 +138,49 @@ def json_response(
     return Response(status=status, body=body, headers=list(headers))
 
 
-class _BadRequest(Exception):
-    """The request cannot be parsed: answer ``status`` and close."""
+@dataclass(frozen=True)
+class Guard:
+    """What a request to one path must meet, judged from its head before its body is read.
 
-    def __init__(self, status: int, reason: str) -> None:
+    Without the bearer token it is answered 401, with a larger announced body (or a chunk
+    running past the limit) 413; either way the connection is closed, the body unread.
+    """
+
+    #: Largest request body accepted.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: When set, ``Authorization: Bearer <token>`` is required (the scheme in any case).
+    bearer_token: str | None = field(default=None, repr=False)
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header value carries ``token`` with the Bearer scheme.
+
+    The scheme is matched in any case (RFC 9110 11.1); the token is compared in constant
+    time, and an empty token never matches.
+    """
+    scheme, _, credentials = (authorization or "").strip(" \t").partition(" ")
+    given = credentials.strip(" \t")
+    # Always compare, so a wrong scheme takes as long as a wrong token.
+    same = hmac.compare_digest(given.encode(), token.encode())
+    return same and scheme.lower() == BEARER and bool(token)
+
+
+def unauthorized() -> Response:
+    """401 with ``WWW-Authenticate: Bearer``: the bearer token is missing or wrong."""
+    return json_response(
+        {"error": "missing or wrong bearer token"}, 401, [("WWW-Authenticate", "Bearer")]
+    )
+
+
+class _BadRequest(Exception):
+    """The request cannot be parsed or is refused: answer ``status`` and close."""
+
+    def __init__(self, status: int, reason: str, response: Response | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        #: The answer, when not the default ``{"error": reason}``.
+        self.response = response
 
 
 _date_cache: tuple[int, bytes] = (0, b"")
@@ -203,6 +261,11 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._body_parts: list[bytes] = []
         self._trailer_bytes = 0
+        #: The body limit of the request being read (its path's guard, or the server's).
+        self._max_body = server.max_body_bytes
+        #: Bytes of body_parts, and what this connection counts in the server's total.
+        self._body_held = 0
+        self._counted = 0
         # Writing.
         self._task: asyncio.Task[None] | None = None
         self._eof = False
@@ -218,17 +281,24 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self._client = str(peer[0])
+        if len(self._server._connections) >= self._server.max_connections:
+            self._server._overloaded("httpserver.too_many_connections")
+            self._reject(503, "too many connections")
+            return
         self._server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
         self._server._connections.discard(self)
+        self._body_parts = []
+        self._body_held = 0
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("connection lost"))
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._buffer.clear()
+        self._account()
 
     def data_received(self, data: bytes) -> None:
         if self._state == _CLOSED:
@@ -237,8 +307,22 @@ class _Connection(asyncio.Protocol):
         if self._state == _BUSY:
             if len(self._buffer) > READ_BUFFER_LIMIT:
                 self._pause_reading()
-            return
-        self._process()
+            self._account()
+        else:
+            self._process()
+        server = self._server
+        if server._buffered > server.max_buffered_bytes and self._counted:
+            server._overloaded("httpserver.buffer_full")
+            if self._state == _BUSY:  # an answer may be being written: no room for another
+                self._abort()
+            else:
+                self._reject(503, "server busy")
+
+    def _account(self) -> None:
+        """Bring the server's count of buffered request input up to date for this connection."""
+        held = len(self._buffer) + self._body_held
+        self._server._buffered += held - self._counted
+        self._counted = held
 
     def eof_received(self) -> bool | None:
         # A client that stops sending has gone: close, cancelling any handler running.
@@ -260,9 +344,10 @@ class _Connection(asyncio.Protocol):
         try:
             while self._state != _BUSY and self._state != _CLOSED:
                 if not self._step():
-                    return
+                    break
         except _BadRequest as exc:
-            self._reject(exc.status, exc.reason)
+            self._reject(exc.status, exc.reason, exc.response)
+        self._account()
 
     def _step(self) -> bool:
         """Advance the parser; False when more input is needed."""
@@ -271,11 +356,12 @@ class _Connection(asyncio.Protocol):
             return self._parse_head()
         buf = self._buffer
         if state == _BODY:
-            if len(buf) < self._remaining:
+            take = min(len(buf), self._remaining)
+            if take == 0:
                 return False
-            self._body_parts.append(bytes(buf[: self._remaining]))
-            del buf[: self._remaining]
-            self._dispatch()
+            self._take_body(take)
+            if self._remaining == 0:
+                self._dispatch()
             return True
         if state == _CHUNK_SIZE_LINE:
             end = buf.find(b"\r\n")
@@ -289,7 +375,7 @@ class _Connection(asyncio.Protocol):
                 raise _BadRequest(400, "malformed chunk size")
             size = int(size_text, 16)
             self._body_size += size
-            if self._body_size > self._server.max_body_bytes:
+            if self._body_size > self._max_body:
                 raise _BadRequest(413, "request body too large")
             if size == 0:
                 self._state = _TRAILERS
@@ -301,9 +387,7 @@ class _Connection(asyncio.Protocol):
             take = min(len(buf), self._remaining)
             if take == 0:
                 return False
-            self._body_parts.append(bytes(buf[:take]))
-            del buf[:take]
-            self._remaining -= take
+            self._take_body(take)
             if self._remaining == 0:
                 self._state = _CHUNK_END
             return True
@@ -315,7 +399,19 @@ class _Connection(asyncio.Protocol):
             del buf[:2]
             self._state = _CHUNK_SIZE_LINE
             return True
-        # _TRAILERS: read and ignore trailer fields up to the empty line.
+        return self._read_trailers()
+
+    def _take_body(self, size: int) -> None:
+        """Move ``size`` bytes of body from the read buffer to the body being assembled."""
+        buf = self._buffer
+        self._body_parts.append(bytes(buf[:size]))
+        del buf[:size]
+        self._body_held += size
+        self._remaining -= size
+
+    def _read_trailers(self) -> bool:
+        """Read and ignore trailer fields up to the empty line; False when more is needed."""
+        buf = self._buffer
         end = buf.find(b"\r\n")
         if end < 0:
             if len(buf) > MAX_TRAILER_BYTES:
@@ -384,10 +480,23 @@ class _Connection(asyncio.Protocol):
         else:
             self._keep_alive = "close" not in connection
         self._body_parts = []
+        self._body_held = 0
         self._body_size = 0
         self._trailer_bytes = 0
+        self._admit(headers)
         self._start_body(headers)
         return True
+
+    def _admit(self, headers: dict[str, str]) -> None:
+        """Apply the path's guard, from the head alone: 401 without its bearer token."""
+        guard = self._server.guards.get(self._path)
+        if guard is None:
+            self._max_body = self._server.max_body_bytes
+            return
+        self._max_body = guard.max_body_bytes
+        token = guard.bearer_token
+        if token is not None and not bearer_matches(headers.get("authorization"), token):
+            raise _BadRequest(401, "missing or wrong bearer token", unauthorized())
 
     def _parse_target(self, target: str) -> None:
         if target.startswith("/"):
@@ -424,7 +533,7 @@ class _Connection(asyncio.Protocol):
         if not (length.isascii() and length.isdigit()) or len(length) > 18:
             raise _BadRequest(400, "malformed Content-Length")
         size = int(length)
-        if size > self._server.max_body_bytes:
+        if size > self._max_body:
             raise _BadRequest(413, "request body too large")
         if size == 0:
             self._dispatch()
@@ -445,6 +554,7 @@ class _Connection(asyncio.Protocol):
         parts = self._body_parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body_parts = []
+        self._body_held = 0
         request = Request(
             method=self._method,
             path=self._path,
@@ -573,14 +683,19 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = True
             self._transport.pause_reading()
 
-    def _reject(self, status: int, reason: str) -> None:
+    def _reject(self, status: int, reason: str, response: Response | None = None) -> None:
+        """Answer ``response`` (else ``{"error": reason}``) and close, unread input dropped."""
         log.debug("httpserver.bad_request", extra={"status": status, "reason": reason})
         transport = self._transport
         self._state = _CLOSED
         self._buffer.clear()
+        self._body_parts = []
+        self._body_held = 0
+        self._account()
         if transport is None:
             return
-        response = _error_response(status, reason)
+        if response is None:
+            response = _error_response(status, reason)
         assert isinstance(response.body, bytes)
         head = _encode_head(response, length=len(response.body), keep_alive=False)
         transport.write(head + response.body)
@@ -620,16 +735,27 @@ class HttpServer:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        guards: Mapping[str, Guard] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     ) -> None:
         self._handler = handler
         self.host = host
         #: The bound port once started; the requested one before.
         self.port = port
+        #: The body limit of a path without a guard.
         self.max_body_bytes = max_body_bytes
         self.idle_timeout = idle_timeout
+        #: What requests to a path (exact, percent-decoded) must meet before their body is read.
+        self.guards: Mapping[str, Guard] = dict(guards or {})
+        self.max_connections = max_connections
+        self.max_buffered_bytes = max_buffered_bytes
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: set[_Connection] = set()
+        #: Request input held over all connections, in bytes.
+        self._buffered = 0
+        self._overload_logged: dict[str, float] = {}
 
     @property
     def url(self) -> str:
@@ -642,6 +768,39 @@ class HttpServer:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Request input held now over all connections (what ``max_buffered_bytes`` bounds)."""
+        return self._buffered
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses the listening sockets are bound to, as ``HOST:PORT`` (IPv6 in
+        brackets); empty until started."""
+        if self._server is None:
+            return []
+        shown = []
+        for sock in self._server.sockets:
+            host, port = sock.getsockname()[:2]
+            shown.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return list(dict.fromkeys(shown))
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether every listening socket is bound to a loopback address, so that no
+        other host can connect."""
+        if self._server is None:
+            return True
+        return all(_is_loopback(sock.getsockname()[0]) for sock in self._server.sockets)
+
+    def _overloaded(self, event: str) -> None:
+        """Log ``event`` (a warning), at most once every :data:`OVERLOAD_LOG_EVERY`."""
+        now = time.monotonic()
+        last = self._overload_logged.get(event)
+        if last is None or now - last >= OVERLOAD_LOG_EVERY:
+            self._overload_logged[event] = now
+            log.warning(event)
 
     async def start(self) -> None:
         """Start listening."""

@@ -14,7 +14,6 @@ Around a :class:`relay.daemon.Relay` this adds what an operator relies on:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import signal
@@ -28,7 +27,15 @@ from relay.daemon import Relay
 from relay.errors import InvalidNumber, RelayError
 from relay.events import Events
 from relay.health import HealthApp, NumberHealth
-from relay.httpserver import HttpServer, Request, Response, json_response
+from relay.httpserver import (
+    Guard,
+    HttpServer,
+    Request,
+    Response,
+    bearer_matches,
+    json_response,
+    unauthorized,
+)
 from relay.logs import fields
 from relay.logs import number as shown
 from relay.metrics import (
@@ -51,6 +58,14 @@ log = logging.getLogger("relay.service")
 REFRESH_EVERY = 10.0
 #: Largest body ``POST /v1/send`` accepts.
 MAX_SEND_BODY = 16 * 1024
+#: Where the send endpoint is served.
+SEND_PATH = "/v1/send"
+#: Largest body any other path accepts: the probes and /metrics take none.
+MAX_PROBE_BODY = 1024
+#: Most connections the HTTP endpoint holds at once (probes, scrapes, senders).
+HTTP_MAX_CONNECTIONS = 128
+#: Most request input the HTTP endpoint holds at once, over all its connections.
+HTTP_MAX_BUFFERED = 4 * 1024 * 1024
 
 
 class Telemetry(Events):
@@ -155,6 +170,8 @@ class Service:
         self.metrics = Metrics()
         self.alerts = sentry.Alerts()
         self.relay: Relay | None = None
+        #: The send token the HTTP endpoint was started with (``[http]`` needs a restart).
+        self._send_token: str | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
 
@@ -190,16 +207,15 @@ class Service:
     # --- POST /v1/send ------------------------------------------------------------------
 
     async def send_endpoint(self, request: Request) -> Response:
-        """Queue an outbound SMS: ``{"from", "to", "text"}`` with the send token; 202 + id."""
-        assert self.config.http is not None and self.relay is not None
-        token = self.config.http.send_token or ""
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return json_response(
-                {"error": "missing or wrong send token"},
-                401,
-                headers=[("WWW-Authenticate", "Bearer")],
-            )
+        """Queue an outbound SMS: ``{"from", "to", "text"}`` with the send token; 202 + id.
+
+        The server's guard has already refused a wrong token and a large body from the
+        request head; both are checked again here, so the handler is safe on its own.
+        """
+        assert self.relay is not None
+        token = self._send_token or ""
+        if not bearer_matches(request.headers.get("authorization"), token):
+            return unauthorized()
         if len(request.body) > MAX_SEND_BODY:
             return json_response({"error": "body too large"}, 413)
         try:
@@ -308,12 +324,7 @@ class Service:
             async with Relay(config, events=telemetry) as relay:
                 self.relay = relay
                 if config.http is not None:
-                    app = HealthApp(self, metrics=self.metrics)
-                    if config.http.send_token:
-                        app.route("POST", "/v1/send", self.send_endpoint)
-                    server = HttpServer(app, config.http.host, config.http.port)
-                    await server.start()
-                    log.info("relay.http.listening", extra=fields(url=server.url))
+                    server = await self._serve_http(config)
                 started = asyncio.Event()
                 runner = asyncio.create_task(
                     relay.run(
@@ -354,6 +365,40 @@ class Service:
                 loop.remove_signal_handler(sig)
             sentry.close()
         return 0
+
+    async def _serve_http(self, config: Config) -> HttpServer:
+        """Start ``[http]``: the probes, /metrics and, with a send token, ``POST /v1/send``
+        behind a guard that refuses a wrong token or a large body before reading it."""
+        assert config.http is not None
+        app = HealthApp(self, metrics=self.metrics)
+        guards = {}
+        self._send_token = config.http.send_token
+        if self._send_token:
+            app.route("POST", SEND_PATH, self.send_endpoint)
+            guards[SEND_PATH] = Guard(MAX_SEND_BODY, bearer_token=self._send_token)
+        server = HttpServer(
+            app,
+            config.http.host,
+            config.http.port,
+            max_body_bytes=MAX_PROBE_BODY,
+            guards=guards,
+            max_connections=HTTP_MAX_CONNECTIONS,
+            max_buffered_bytes=HTTP_MAX_BUFFERED,
+        )
+        await server.start()
+        addresses = ",".join(server.addresses)
+        log.info("relay.http.listening", extra=fields(addresses=addresses, url=server.url))
+        if self._send_token and not server.loopback_only:
+            log.warning(
+                "relay.http.exposed",
+                extra=fields(
+                    addresses=addresses,
+                    path=SEND_PATH,
+                    hint="other hosts can reach the send endpoint: listen on 127.0.0.1 "
+                    "or firewall the port",
+                ),
+            )
+        return server
 
     def _reloaded(self, ok: bool) -> None:
         assert self.relay is not None

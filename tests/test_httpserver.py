@@ -12,7 +12,14 @@ import httpx
 import pytest
 
 from relay import signing
-from relay.httpserver import HttpServer, Request, Response, json_response
+from relay.httpserver import (
+    Guard,
+    HttpServer,
+    Request,
+    Response,
+    bearer_matches,
+    json_response,
+)
 from relay.receiver import Delivery, Rule, WebhookReceiver
 
 pytestmark = pytest.mark.anyio
@@ -422,6 +429,204 @@ async def test_close_drops_open_connections() -> None:
     busy_writer.close()
     with pytest.raises(OSError):
         await connect(srv)
+
+
+# --- what a client can make the server hold ------------------------------------
+
+GUARD_TOKEN = "guard-token-0123456789"
+#: A guarded answer must come at once, not after a body that is never sent.
+PROMPT = 2.0
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[HttpServer]:
+    """The echo server with /g guarded by a bearer token and a 1000-byte body limit."""
+    guards = {"/g": Guard(max_body_bytes=1000, bearer_token=GUARD_TOKEN)}
+    async with HttpServer(echo, guards=guards) as srv:
+        yield srv
+
+
+def post(path: str, extra: str = "", length: int | None = None) -> bytes:
+    """The head of a POST announcing ``length`` bytes (chunked when None)."""
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\n{framing}\r\n{extra}\r\n".encode()
+
+
+async def answer_of(srv: HttpServer, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw`` on a new connection and read the answer, which must come promptly
+    and close the connection."""
+    reader, writer = await connect(srv)
+    writer.write(raw)
+    answer = await asyncio.wait_for(read_response(reader), PROMPT)
+    assert answer[1]["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), PROMPT) == b""
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["", "Authorization: Bearer wrong\r\n", f"Authorization: Basic {GUARD_TOKEN}\r\n"],
+    ids=["no-token", "wrong-token", "other-scheme"],
+)
+async def test_guard_refuses_a_wrong_token_from_the_head(guarded: HttpServer, extra: str) -> None:
+    """Without the guard's token the head alone gets 401 (not 100 Continue), body unread."""
+    status, headers, body = await answer_of(
+        guarded, post("/g", extra + "Expect: 100-continue\r\n", 1000)
+    )
+    assert (status, headers["www-authenticate"]) == (401, "Bearer")
+    assert json.loads(body) == {"error": "missing or wrong bearer token"}
+    assert guarded.buffered_bytes == 0
+
+
+async def test_guard_accepts_the_token_with_the_scheme_in_any_case(guarded: HttpServer) -> None:
+    """``bearer``/``BEARER`` with the right token pass the guard; the body is read."""
+    reader, writer = await connect(guarded)
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        writer.write(post("/g", f"Authorization: {scheme} {GUARD_TOKEN}\r\n", 5) + b"hello")
+        status, _, body = await read_response(reader)
+        assert (status, json.loads(body)["body"]) == (200, "hello")
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        post("/g", f"Authorization: Bearer {GUARD_TOKEN}\r\n", 1001),
+        post("/g", f"Authorization: Bearer {GUARD_TOKEN}\r\n") + b"3e9\r\n",
+        post("/g", f"Authorization: Bearer {GUARD_TOKEN}\r\n") + b"1f4\r\n" + b"a" * 500
+        + b"\r\n1f5\r\n",
+    ],
+    ids=["content-length", "chunk-size", "chunks-adding-up"],
+)  # fmt: skip
+async def test_guard_body_limit_is_judged_before_the_body(guarded: HttpServer, raw: bytes) -> None:
+    """A body announced over the guard's limit gets 413 at once, though the server's
+    own limit is far larger."""
+    status, _, _ = await answer_of(guarded, raw)
+    assert status == 413
+    async with httpx.AsyncClient(base_url=guarded.url) as client:
+        assert (await client.post("/other", content=b"x" * 1001)).status_code == 200
+
+
+def test_bearer_matches() -> None:
+    """The scheme in any case, the exact token, nothing else."""
+    assert bearer_matches("Bearer abc", "abc")
+    assert bearer_matches("bearer abc", "abc")
+    assert bearer_matches("BeArEr   abc ", "abc")
+    assert not bearer_matches("Bearer ABC", "abc")
+    assert not bearer_matches("Bearer abcd", "abc")
+    assert not bearer_matches("Basic abc", "abc")
+    assert not bearer_matches("Bearerabc", "abc")
+    assert not bearer_matches("abc", "abc")
+    assert not bearer_matches(None, "abc")
+    assert not bearer_matches("Bearer ", "")
+    assert not bearer_matches("Bearer", "")
+
+
+async def test_connections_beyond_the_limit_get_503() -> None:
+    """A connection beyond max_connections is answered 503 and closed; one that leaves
+    frees its place."""
+    async with HttpServer(echo, max_connections=2) as srv:
+        first = await connect(srv)
+        second = await connect(srv)
+        status, _, body = await answer_of(srv, get("/third"))
+        assert (status, json.loads(body)) == (503, {"error": "too many connections"})
+        first[1].close()
+        await first[1].wait_closed()
+        async with httpx.AsyncClient(base_url=srv.url) as client:
+            statuses = []
+            for _ in range(100):  # until the server has seen the first one leave
+                statuses.append((await client.get("/after")).status_code)
+                if statuses[-1] != 503:
+                    break
+                await asyncio.sleep(0.01)
+        assert statuses[-1] == 200
+        second[1].close()
+
+
+BUDGET = 100_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 40_000,
+        post("/b", length=60_000) + b"a" * 40_000,
+        post("/c") + b"ea60\r\n" + b"a" * 40_000,
+    ],
+    ids=["partial-heads", "bodies", "chunked-bodies"],
+)
+async def test_input_held_over_all_connections_is_bounded(raw: bytes) -> None:
+    """Input held across connections (heads, bodies, chunks as they arrive) beyond
+    max_buffered_bytes gets 503 and a close, and is released."""
+    async with HttpServer(echo, max_buffered_bytes=BUDGET) as srv:
+        holders = []
+        for _ in range(2):
+            reader, writer = await connect(srv)
+            writer.write(raw)
+            await writer.drain()
+            holders.append((reader, writer))
+        for _ in range(100):
+            if srv.buffered_bytes >= 80_000:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.buffered_bytes <= BUDGET
+        status, _, body = await answer_of(srv, raw)
+        assert (status, json.loads(body)) == (503, {"error": "server busy"})
+        assert srv.buffered_bytes <= BUDGET
+        for _, writer in holders:
+            writer.transport.abort()
+        for _ in range(100):
+            if srv.buffered_bytes == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.buffered_bytes == 0
+        async with httpx.AsyncClient(base_url=srv.url) as client:
+            assert (await client.post("/after", content=b"x" * 50_000)).status_code == 200
+        assert srv.buffered_bytes == 0
+
+
+async def test_input_pipelined_behind_a_busy_request_is_bounded() -> None:
+    """Input pipelined behind a request being answered counts too: the connection that
+    goes beyond the budget is dropped without a stray answer; the other is answered."""
+    release = asyncio.Event()
+
+    async def slow(request: Request) -> Response:
+        await release.wait()
+        return Response(body=b"done")
+
+    pipelined = get("/slow") + b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 60_000
+    async with HttpServer(slow, max_buffered_bytes=BUDGET) as srv:
+        first_reader, first = await connect(srv)
+        first.write(pipelined)
+        for _ in range(100):
+            if srv.buffered_bytes >= 60_000:
+                break
+            await asyncio.sleep(0.01)
+        second_reader, second = await connect(srv)
+        second.write(pipelined)
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(second_reader.read(), PROMPT) == b""
+        release.set()
+        status, _, body = await asyncio.wait_for(read_response(first_reader), PROMPT)
+        assert (status, body) == (200, b"done")
+        first.transport.abort()
+        second.transport.abort()
+        for _ in range(100):
+            if srv.buffered_bytes == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.buffered_bytes == 0
+
+
+async def test_addresses_are_the_bound_ones() -> None:
+    """addresses shows what the sockets are bound to; only loopback ones are loopback_only."""
+    async with HttpServer(echo, "127.0.0.1") as local, HttpServer(echo, "0.0.0.0") as wide:
+        assert local.addresses == [f"127.0.0.1:{local.port}"]
+        assert local.loopback_only
+        assert wide.addresses == [f"0.0.0.0:{wide.port}"]
+        assert not wide.loopback_only
+        assert wide.url == f"http://127.0.0.1:{wide.port}"
 
 
 def test_is_loopback() -> None:
