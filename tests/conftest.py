@@ -26,6 +26,23 @@ from tests.support import KEY, TOKEN
 PG_URL = os.environ.get("RELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak``: also run the long randomized fault test (tests/test_chaos.py)."""
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the chaos soak: $RELAY_SOAK_SCHEDULES schedules (default 200); "
+        "RELAY_SOAK=1 does the same",
+    )
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> bool:
+    """Whether the chaos soak runs: ``pytest --soak`` or ``RELAY_SOAK=1``."""
+    return bool(request.config.getoption("--soak")) or os.environ.get("RELAY_SOAK") == "1"
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Run async tests on asyncio only: the relay is asyncio-based."""
