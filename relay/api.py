@@ -2,9 +2,10 @@
 
 One :class:`httpx.AsyncClient` per :class:`AatroxClient`, reused for every request.
 Every answer is read as a stream and abandoned once it grows past
-``api.max_response_bytes``. Every failure becomes an :class:`~relay.errors.ApiError`
-whose message is one line such as ``GET /sms/receive: 503 Service Unavailable``: never
-the token, never message text, never a full phone number.
+``api.max_response_bytes``, counted once decoded (:mod:`relay.decoding`). Every failure
+becomes an :class:`~relay.errors.ApiError` whose message is one line such as
+``GET /sms/receive: 503 Service Unavailable``: never the token, never message text,
+never a full phone number.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import ssl
 import time
 from collections.abc import Container, Mapping, Sequence
+from contextlib import aclosing
 from datetime import timezone
 from http import HTTPStatus
 from types import TracebackType
@@ -21,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from relay import __version__
+from relay import __version__, decoding
 from relay.clock import Clock, SystemClock
 from relay.config import ApiConfig
 from relay.errors import (
@@ -100,6 +102,7 @@ class AatroxClient:
                 "Authorization": f"Bearer {config.token}",
                 "User-Agent": user_agent,
                 "Accept": "application/json",
+                "Accept-Encoding": decoding.ACCEPT_ENCODING,
             },
             timeout=httpx.Timeout(config.timeout),
             verify=_verify(config),
@@ -279,13 +282,16 @@ class AatroxClient:
         return ApiOutcomeUnknown(f"{label}: {what.rstrip()}{MAY_BE_SENT}")
 
     async def _read(self, response: httpx.Response, label: str, ok: bool) -> bytes:
-        """The body as a stream, within ``api.max_response_bytes`` and ``api.timeout``.
+        """The body as a stream, decoded, within ``api.max_response_bytes`` (counted once
+        decoded: see :mod:`relay.decoding`) and ``api.timeout``.
 
-        A 2xx body past either limit raises. Another body is only read for the
-        provider's explanation: its first :data:`ERROR_BODY_LIMIT` bytes, best effort.
+        A 2xx body past either limit, or whose content-encoding does not decode, raises.
+        Another body is only read for the provider's explanation: its first
+        :data:`ERROR_BODY_LIMIT` decoded bytes, best effort.
         """
         limit = self._limit if ok else ERROR_BODY_LIMIT
         declared = response.headers.get("content-length", "")
+        encoded = decoding.is_encoded(response)
         if ok and declared.isdigit():
             if int(declared) > limit:
                 msg = (
@@ -293,34 +299,40 @@ class AatroxClient:
                     f"api.max_response_bytes ({limit})"
                 )
                 raise ApiResponseTooLarge(msg)
-            if int(declared) <= SMALL_BODY:
-                # The common case (an idle poll): a small body of known size, one read.
-                # httpx stops at the declared length, so the cap holds.
+            if int(declared) <= SMALL_BODY and not encoded:
+                # The common case (an idle poll): a small plain body of known size, one
+                # read. httpx stops at the declared length and decodes nothing: the cap holds.
                 return await response.aread()
         deadline = time.monotonic() + self._timeout
         parts: list[bytes] = []
         size = 0
         try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    if ok:
-                        msg = (
-                            f"{label}: the answer exceeds api.max_response_bytes ({limit}); "
-                            "stopped reading"
-                        )
-                        raise ApiResponseTooLarge(msg)
-                    parts.append(chunk[: len(chunk) - (size - limit)])
-                    break
-                parts.append(chunk)
-                if time.monotonic() > deadline:
-                    if ok:
-                        msg = f"{label}: the answer did not arrive within {self._timeout:g}s"
-                        raise ApiTimeout(msg)
-                    break
+            async with aclosing(decoding.aiter_decoded(response)) as chunks:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        if ok:
+                            decoded = " once decoded" if encoded else ""
+                            msg = (
+                                f"{label}: the answer exceeds api.max_response_bytes "
+                                f"({limit}){decoded}; stopped reading"
+                            )
+                            raise ApiResponseTooLarge(msg)
+                        parts.append(chunk[: len(chunk) - (size - limit)])
+                        break
+                    parts.append(chunk)
+                    if time.monotonic() > deadline:
+                        if ok:
+                            msg = f"{label}: the answer did not arrive within {self._timeout:g}s"
+                            raise ApiTimeout(msg)
+                        break
         except httpx.HTTPError:
             if ok:
                 raise
+        except decoding.UndecodableBody as exc:
+            if ok:
+                msg = f"{label}: the answer's {exc}"
+                raise ApiInvalidResponse(msg) from None
         return b"".join(parts)
 
     def _status_error(

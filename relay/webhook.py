@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import httpx
 
-from relay import __version__, signing
+from relay import __version__, decoding, signing
 from relay.clock import Clock, within
 from relay.config import WebhookConfig
 from relay.retry import parse_retry_after
@@ -73,7 +74,11 @@ class Webhook:
             limits=httpx.Limits(
                 max_connections=config.concurrency, max_keepalive_connections=config.concurrency
             ),
-            headers={"User-Agent": USER_AGENT, **dict(config.headers)},
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept-Encoding": decoding.ACCEPT_ENCODING,
+                **dict(config.headers),
+            },
         )
 
     async def send(self, delivery: DueDelivery) -> Answer:
@@ -96,13 +101,8 @@ class Webhook:
             "POST", self.config.url, content=payload, headers=headers
         )
         response = await self._client.send(request, stream=True)
-        body_error = None
         try:
-            answer = await _read(response)
-        except httpx.DecodingError:
-            answer = b""
-            encoding = " ".join(response.headers.get("content-encoding", "").split())[:40]
-            body_error = f"the answer's content-encoding ({encoding}) does not decode"
+            answer, body_error = await _read(response)
         finally:
             await response.aclose()
         status = response.status_code
@@ -121,14 +121,21 @@ class Webhook:
         await self._client.aclose()
 
 
-async def _read(response: httpx.Response) -> bytes:
-    """The body, decoded (``Content-Encoding``), cut at :data:`MAX_ANSWER_BYTES`; reading
-    stops there. DecodingError when the encoding does not decode."""
+async def _read(response: httpx.Response) -> tuple[bytes, str | None]:
+    """The body, decoded (``Content-Encoding``, a bounded step at a time: see
+    :mod:`relay.decoding`), cut at :data:`MAX_ANSWER_BYTES`, and why it cannot be used:
+    it does not decode, or it is larger than that once decoded (reading stops there)."""
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        parts.append(chunk[: MAX_ANSWER_BYTES - size])
-        size += len(parts[-1])
-        if size >= MAX_ANSWER_BYTES:
-            break
-    return b"".join(parts)
+    try:
+        async with aclosing(decoding.aiter_decoded(response)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk[: MAX_ANSWER_BYTES - size])
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    decoded = " once decoded" if decoding.is_encoded(response) else ""
+                    error = f"the answer exceeds {MAX_ANSWER_BYTES} bytes{decoded}; stopped reading"
+                    return b"".join(parts), error
+    except decoding.UndecodableBody as exc:
+        return b"", f"the answer's {exc}"
+    return b"".join(parts), None
