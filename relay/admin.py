@@ -14,6 +14,7 @@ keys are only ever added.
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,16 +22,17 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
 from relay import logs
 from relay.api import AatroxClient
 from relay.clock import SystemClock
-from relay.config import Config
+from relay.config import Config, WebhookConfig
 from relay.errors import ConfigError, InvalidNumber, StoreError
 from relay.inbound import InboundMessage
 from relay.outbox import OutboundSms, check_text, counts, send_now
-from relay.phone import normalise
+from relay.phone import normalise, valid_number
 from relay.schema import (
     DEAD,
     DELIVERED,
@@ -42,7 +44,8 @@ from relay.schema import (
     numbers,
     outbound,
 )
-from relay.store import LOOKUP_CHUNK, Store
+from relay.store import LOOKUP_CHUNK, Store, create_engine, sqlite_file
+from relay.webhook import USER_AGENT
 from relay.worker import IDLE_RECHECK
 
 #: Rows ``deliveries list`` shows unless ``--limit`` says otherwise.
@@ -57,16 +60,30 @@ NONE = "-"
 
 @contextmanager
 def open_store(config: Config) -> Iterator[Store]:
-    """The configured store, closed afterwards; database errors become one-line StoreErrors."""
+    """The configured store, closed afterwards; database errors become one-line StoreErrors.
+
+    A SQLite store that does not exist is a ConfigError naming ``store.url``: an operator
+    command never creates one (a wrong ``--config`` or working directory would otherwise
+    show an empty store as the truth).
+    """
+    db = sqlite_file(config.store.url)
+    if db is not None and not db.exists():
+        msg = f'store.url: no store at {db} (run "aatrox-relay run" first, or check store.url)'
+        raise ConfigError(msg)
     store = Store.open(config.store.url, SystemClock(), lease=config.store.lease)
     try:
         yield store
     except sa.exc.SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None) or exc
-        first = (str(orig).strip().splitlines() or [""])[0]
-        raise StoreError(f"cannot read the store: {type(orig).__name__}: {first}"[:300]) from None
+        raise StoreError(f"cannot read the store: {_db_error(exc)}") from None
     finally:
         store.close()
+
+
+def _db_error(exc: sa.exc.SQLAlchemyError) -> str:
+    """A database error's type and first line (no SQL, no parameters), at most 280 characters."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    return f"{type(orig).__name__}: {first}"[:280]
 
 
 # --- status ------------------------------------------------------------------------
@@ -462,25 +479,99 @@ def replay_report(
         if webhook is not None:
             _check_webhook(store, config, webhook)
         done = replay(store, ids, dead=dead, webhook=webhook, since=since)
-    lines = [f"queued {done.queued} deliveries again"]
+    them = "it" if done.queued == 1 else "them"
+    lines = [f"queued {plural(done.queued, 'delivery', 'deliveries')} again"]
     if done.redelivered:
+        which = "it" if done.queued == 1 else f"{done.redelivered} of them"
+        again = "it" if done.redelivered == 1 else "they"
         lines.append(
-            f"{done.redelivered} of them had been delivered: they will be sent again, "
-            "with the same webhook-id"
+            f"{which} had been delivered: {again} will be sent again, with the same webhook-id"
         )
     unknown = sorted(done.webhooks - {h.name for h in config.webhooks})
     if unknown:
-        lines.append(f"not in the config, so no relay will send them: {', '.join(unknown)}")
+        lines.append(f"not in the config, so no relay will send {them}: {', '.join(unknown)}")
     if done.webhooks - set(unknown):
-        lines.append(f"a running relay picks them up within {IDLE_RECHECK:g}s")
+        lines.append(f"a running relay picks {them} up within {IDLE_RECHECK:g}s")
     return "\n".join(lines)
 
 
 def prune_report(config: Config) -> str:
     """What ``prune`` prints."""
     with open_store(config) as store:
-        pruned = store.prune(config.store.retention)
-    return f"pruned {pruned} messages (store.retention: {span(config.store.retention)})"
+        pruned = store.apply_retention(config.store.retention)
+    return (
+        f"pruned {plural(pruned.messages, 'message', 'messages')} and "
+        f"{pruned.outbound} outbound SMS (store.retention: {span(config.store.retention)})"
+    )
+
+
+# --- check -------------------------------------------------------------------------------
+
+#: How long ``check`` waits for PostgreSQL to accept a connection, in seconds.
+CHECK_CONNECT_TIMEOUT = 10
+#: Answers to ``check``'s HEAD that mean deliveries will fail, and what to look at. Any
+#: other answer proves the webhook reachable (405: it takes no HEAD, yet may take POST).
+FAILING_HEAD_ANSWERS = {
+    401: "it refuses the relay: check the webhook's headers",
+    403: "it refuses the relay: check the webhook's headers",
+    404: "nothing is there: check the webhook's url",
+}
+
+
+def check_store(config: Config) -> tuple[bool, str]:
+    """``check``'s look at the store: whether it is usable, and a line saying how it is.
+
+    Connects and reads the schema revision, never creating anything: a SQLite store not
+    made yet is fine when ``run`` can create it. Never shows the URL's password.
+    """
+    from relay import migrations
+
+    url = config.store.url
+    db = sqlite_file(url)
+    if db is not None and not db.exists():
+        parent = next(p for p in db.parents if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return False, f"no store yet, and run cannot create it: {parent} is not writable"
+        return True, "new: no store yet, run creates it"
+    try:
+        engine = create_engine(url, connect_timeout=CHECK_CONNECT_TIMEOUT)
+    except StoreError as exc:
+        return False, str(exc)
+    try:
+        with engine.connect() as conn:
+            found = migrations.revision(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        return False, f"cannot open it: {_db_error(exc)}"
+    finally:
+        engine.dispose()
+    if found is None:
+        return True, "new: no relay tables yet, run creates them"
+    if found == migrations.HEAD:
+        return True, f"schema at revision {found}, current"
+    known = {path.name.split("_")[0] for path in migrations.SCRIPT_LOCATION.glob("versions/*_*.py")}
+    if found in known:
+        return True, f"schema at revision {found}, run upgrades it to {migrations.HEAD}"
+    return False, f"schema at revision {found}, which this relay does not know: a newer one made it"
+
+
+def shown_store_url(config: Config) -> str:
+    """``store.url`` fit to print: its password, if any, replaced by ``***``."""
+    return sa.engine.make_url(config.store.url).render_as_string(hide_password=True)
+
+
+async def probe_webhook(client: httpx.AsyncClient, hook: WebhookConfig) -> tuple[bool, str]:
+    """``check``'s HEAD to one webhook, with its headers and the relay's User-Agent: whether
+    deliveries can get there, and a line saying what it answered. Nothing is delivered."""
+    headers = {"User-Agent": USER_AGENT, **dict(hook.headers)}
+    try:
+        response = await client.head(hook.url, headers=headers, timeout=hook.timeout)
+    except httpx.HTTPError as exc:
+        return False, f"cannot reach it: {type(exc).__name__}: {exc}"[:300]
+    status = response.status_code
+    answered = f"HEAD answered {status} {response.reason_phrase}".rstrip()
+    if status in FAILING_HEAD_ANSWERS:
+        return False, f"{answered}: {FAILING_HEAD_ANSWERS[status]}"
+    return True, f"reachable ({answered})"
 
 
 # --- the API ---------------------------------------------------------------------------
@@ -493,12 +584,21 @@ def _phone(value: str, option: str, config: Config) -> str:
         raise ConfigError(f"{option}: {exc}") from None
 
 
+def _send_number(value: str, option: str, config: Config) -> str:
+    """A number to send from or to, valid for its country; the operator's input is echoed."""
+    try:
+        return valid_number(value, config.api.default_region)
+    except InvalidNumber as exc:
+        msg = f"{option} {value.strip()!r}: {exc}"
+        raise ConfigError(msg) from None
+
+
 async def send_report(
     config: Config, sender: str, recipients: Sequence[str], text: str, *, disclaimer: bool
 ) -> str:
     """Send one SMS now, straight through the API; the provider's ids, one per line."""
-    source = _phone(sender, "--from", config)
-    targets = tuple(dict.fromkeys(_phone(r, "--to", config) for r in recipients))
+    source = _send_number(sender, "--from", config)
+    targets = tuple(dict.fromkeys(_send_number(r, "--to", config) for r in recipients))
     try:
         check_text(text)
     except ValueError as exc:
@@ -564,6 +664,11 @@ def iso(when: datetime | None) -> str | None:
     if when is None:
         return None
     return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def plural(count: int, one: str, many: str) -> str:
+    """``1 delivery``, ``2 deliveries``: the count and the word that goes with it."""
+    return f"{count} {one if count == 1 else many}"
 
 
 def span(seconds: float) -> str:

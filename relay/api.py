@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from relay import __version__, decoding
+from relay import __version__, decoding, redact
 from relay.clock import Clock, SystemClock
 from relay.config import ApiConfig
 from relay.errors import (
@@ -118,6 +118,7 @@ class AatroxClient:
         _check_token(token)
         if token == self._token:
             return False
+        redact.add_secret(token)  # a token read again after a 401 is filtered like the first
         self._token = token
         self._client.headers["Authorization"] = f"Bearer {token}"
         return True

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop after N seconds; exit 0 if every message was delivered",
     )
+    for command, (_file, summary, description) in SHIPPED_FILES.items():
+        sub.add_parser(command, help=summary, description=description)
     _add_admin_commands(sub)
     return parser
 
@@ -106,6 +109,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         logs.setup("info")
         asyncio.run(serve(args.port, args.token))
         return EXIT_OK
+    if command in SHIPPED_FILES:
+        return _print_shipped(SHIPPED_FILES[command][0])
     if command == "demo":
         from relay.demo import demo
 
@@ -113,6 +118,35 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command in ADMIN_COMMANDS:
         return _admin(_load(args), args)
     raise AssertionError(command)  # argparse only accepts the commands above
+
+
+#: Files the package ships (``relay/data/``, copies of the repository's
+#: ``config.example.toml`` and ``systemd/aatrox-relay.service``), by the command that
+#: prints them, so an install from a wheel can set up a service.
+SHIPPED_FILES = {
+    "print-config": (
+        "config.example.toml",
+        "print the example config",
+        "Print config.example.toml: every key with its default and a comment. "
+        "Redirect it to a file, e.g. /etc/aatrox-relay/config.toml, and edit that.",
+    ),
+    "print-unit": (
+        "aatrox-relay.service",
+        "print the systemd unit",
+        "Print the systemd unit aatrox-relay.service; its ExecStart expects the relay "
+        "in /opt/aatrox-relay (edit it if yours is elsewhere). Its comments say how to "
+        "install it.",
+    ),
+}
+
+
+def _print_shipped(name: str) -> int:
+    """Write the shipped file ``name`` to standard output, byte for byte."""
+    data = resources.files("relay").joinpath("data", name).read_bytes()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
 
 
 async def _run(config: Config) -> int:
@@ -151,7 +185,9 @@ def _check(config: Config, *, offline: bool) -> int:
 
 
 async def _check_online(config: Config) -> list[str]:
-    """Try the token against the API and reach every webhook; the problems found."""
+    """Try the token against the API, open the store and reach every webhook (a 401, 403
+    or 404 to the HEAD is a problem); the problems found."""
+    from relay import admin
     from relay.api import AatroxClient
 
     problems: list[str] = []
@@ -167,17 +203,19 @@ async def _check_online(config: Config) -> list[str]:
                     f"api {config.api.base_url}: ok (token accepted, "
                     f"{len(listing.messages)} messages listed on {logs.number(number.number)})"
                 )
+    ok, line = await asyncio.to_thread(admin.check_store, config)
+    store_line = f"store {admin.shown_store_url(config)}: {line}"
+    if ok:
+        print(store_line)
+    else:
+        problems.append(store_line)
     async with httpx.AsyncClient(follow_redirects=False) as client:
         for hook in config.webhooks:
-            try:
-                # Any HTTP answer proves the endpoint is reachable; nothing is delivered.
-                response = await client.head(hook.url, timeout=hook.timeout)
-            except httpx.HTTPError as exc:
-                problems.append(
-                    f"webhook {hook.name}: cannot reach it: {type(exc).__name__}: {exc}"[:300]
-                )
+            ok, line = await admin.probe_webhook(client, hook)
+            if ok:
+                print(f"webhook {hook.name}: {line}")
             else:
-                print(f"webhook {hook.name}: reachable (HEAD answered {response.status_code})")
+                problems.append(f"webhook {hook.name}: {line}")
     return problems
 
 
@@ -273,7 +311,13 @@ def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _add_config(send)
     send.add_argument("--from", dest="sender", required=True, metavar="NUMBER")
     send.add_argument("--to", action="append", required=True, metavar="NUMBER")
-    send.add_argument("--text", required=True)
+    text = send.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text (other users of the host can see it in ps)")
+    text.add_argument(
+        "--text-file",
+        metavar="PATH",
+        help="read the text from PATH, UTF-8, trailing line breaks dropped; - is standard input",
+    )
     send.add_argument(
         "--disclaimer", action="store_true", help="append the sender's disclaimer (one --to only)"
     )
@@ -311,8 +355,9 @@ def _admin(config: Config, args: argparse.Namespace) -> int:
     elif command == "prune":
         out = admin.prune_report(config)
     elif command == "send":
+        text = args.text if args.text_file is None else _read_text_file(args.text_file)
         out = asyncio.run(
-            admin.send_report(config, args.sender, args.to, args.text, disclaimer=args.disclaimer)
+            admin.send_report(config, args.sender, args.to, text, disclaimer=args.disclaimer)
         )
         if not out:
             print("sent; the provider answered no id", file=sys.stderr)
@@ -323,3 +368,37 @@ def _admin(config: Config, args: argparse.Namespace) -> int:
     if out:
         print(out)
     return EXIT_OK
+
+
+#: ``send --text-file`` reads at most this many bytes: far more than a sendable text
+#: (:data:`relay.outbox.MAX_TEXT` characters, up to four UTF-8 bytes each).
+TEXT_FILE_LIMIT = 64 * 1024
+#: ``--text-file`` names standard input so.
+STDIN_PATH = "-"
+
+
+def _read_text_file(path: str) -> str:
+    """The text of ``send --text-file PATH`` (``-``: standard input), its trailing line
+    breaks dropped; ConfigError naming ``--text-file`` when it cannot be read."""
+    where = "standard input" if path == STDIN_PATH else path
+    try:
+        if path == STDIN_PATH:
+            raw = sys.stdin.buffer.read(TEXT_FILE_LIMIT + 1)
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read(TEXT_FILE_LIMIT + 1)
+    except OSError as exc:
+        msg = f"--text-file: cannot read {where}: {exc.strerror or exc}"
+        raise ConfigError(msg) from None
+    if len(raw) > TEXT_FILE_LIMIT:
+        msg = f"--text-file: {where} is larger than {TEXT_FILE_LIMIT // 1024} KiB: not an SMS"
+        raise ConfigError(msg)
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        msg = f"--text-file: {where} is not UTF-8 text"
+        raise ConfigError(msg) from None
+    if not text.strip():
+        msg = f"--text-file: {where} holds no text"
+        raise ConfigError(msg)
+    return text

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from relay.errors import ConfigError, InvalidNumber
-from relay.phone import is_region, normalise
+from relay.phone import is_region, valid_number
 from relay.signing import decode_secret
 
 if sys.version_info >= (3, 11):
@@ -239,7 +239,8 @@ class Config:
 
 
 def default_store_url(environ: dict[str, str] | None = None) -> str:
-    """``$STATE_DIRECTORY/relay.db`` under systemd, else ``./aatrox-relay.db``."""
+    """``$STATE_DIRECTORY/relay.db`` under systemd, else ``aatrox-relay.db``, which
+    :func:`load` reads from the config file's directory, like any relative SQLite path."""
     env = os.environ if environ is None else environ
     state = env.get("STATE_DIRECTORY")
     if state:
@@ -265,12 +266,17 @@ LOG_FORMATS = ("text", "json")
 RESERVED_HEADERS = frozenset(
     ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature")
 )
+#: A header name: an HTTP token (RFC 9110).
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: A header value: visible ASCII, spaces and tabs (httpx sends header values as ASCII).
+_HEADER_VALUE_RE = re.compile(r"[\t -~]*")
 SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentry", "run",
             "outbound")  # fmt: skip
 _API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
              "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
 _WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "timeout", "retry_initial",
-                 "retry_max", "give_up_after", "concurrency", "headers")  # fmt: skip
+                 "retry_max", "give_up_after", "concurrency", "headers",
+                 "headers_file")  # fmt: skip
 _NUMBER_KEYS = ("number", "webhooks", "from", "interval", "disclaimer")
 _HTTP_KEYS = ("listen", "send_token", "send_token_file")
 _SENTRY_KEYS = ("dsn", "environment", "release", "traces_sample_rate", "monitor")
@@ -432,9 +438,10 @@ class _Table:
         return value
 
     def phone(self, name: str, region: str) -> str | None:
+        """The valid phone number at ``name`` in E.164 (None when unset); never echoed."""
         value = self.text(name)
         try:
-            return normalise(value, region) if value else None
+            return valid_number(value, region) if value else None
         except InvalidNumber as exc:
             self.fail(name, str(exc))
 
@@ -461,9 +468,7 @@ def parse(
     root = _Table(data, "", SECTIONS)
     api = _parse_api(root.table("api", _API_KEYS), env, base)
     store = root.table("store", ("url", "retention", "lease"))
-    store_url = store.text("url") or default_store_url(dict(env))
-    if not store_url.startswith(("sqlite", "postgresql")):
-        store.fail("url", "must start with sqlite or postgresql")
+    store_url = _store_url(store, env, base)
     poll = _parse_poll(root.table("poll", ("interval", "jitter", "backfill", "concurrency")))
     seen: dict[str, str] = {}
     webhooks = tuple(_parse_webhook(t, base, seen) for t in root.tables("webhooks", _WEBHOOK_KEYS))
@@ -497,6 +502,49 @@ def parse(
             retry_unknown=outbound.get("retry_unknown", bool, "a boolean", DEFAULT_RETRY_UNKNOWN),
         ),
     )
+
+
+#: The databases the store runs on (``store.url``'s scheme, before any ``+driver``).
+STORE_BACKENDS = ("sqlite", "postgresql")
+#: What a ``store.url`` looks like, for the error that says it is not one.
+STORE_URL_FORM = "sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db"
+
+
+def _store_url(store: _Table, env: Mapping[str, str], base: Path) -> str:
+    """``store.url`` (or the default) checked the way the store will read it, a relative
+    SQLite path made absolute from ``base``, the config file's directory. Errors never
+    echo the URL: it may hold a password."""
+    # SQLAlchemy's own parser, so the store reads the URL exactly as checked here;
+    # imported here, not above, so commands that load no config start faster.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    value = store.text("url") or default_store_url(dict(env))
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        store.fail("url", f"is not a database URL; expected {STORE_URL_FORM}")
+    except ValueError:  # int() of the port
+        store.fail("url", "the port is not a number")
+    port = url.port
+    if url.get_backend_name() not in STORE_BACKENDS:
+        store.fail("url", "must start with sqlite or postgresql")
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        store.fail("url", f"unknown database driver {_show(url.drivername)}")
+    if port is not None and not 0 < port < 2**16:
+        store.fail("url", f"port {port} is not from 1 to 65535")
+    if url.get_backend_name() != "sqlite":
+        return value
+    if url.host:  # sqlite://relay.db: the name went into the host, the database is memory
+        store.fail("url", f"a SQLite URL has no host; expected {STORE_URL_FORM}")
+    if url.database in (None, "", ":memory:"):
+        store.fail("url", "an in-memory SQLite store forgets everything at exit; give a file")
+    path = Path(url.database).expanduser()
+    if path.is_absolute() and str(path) == url.database:
+        return value
+    return url.set(database=str(base / path)).render_as_string(hide_password=False)
 
 
 def _is_loopback(host: str) -> bool:
@@ -596,10 +644,6 @@ def _parse_webhook(hook: _Table, base: Path, seen: dict[str, str]) -> WebhookCon
     retry_max = hook.duration("retry_max", DEFAULT_RETRY_MAX)
     if retry_max < retry_initial:
         hook.fail("retry_max", f"must not be less than {hook.sub('retry_initial')}")
-    headers = hook.table("headers")
-    for header in headers.data:
-        if header.lower() in RESERVED_HEADERS:
-            headers.fail(header, "is reserved: the relay sets it")
     return WebhookConfig(
         name=name,
         url=hook.url("url", hook.text("url")),
@@ -611,10 +655,54 @@ def _parse_webhook(hook: _Table, base: Path, seen: dict[str, str]) -> WebhookCon
         concurrency=hook.integer(
             "concurrency", DEFAULT_WEBHOOK_CONCURRENCY, 1, MAX_WEBHOOK_CONCURRENCY
         ),
-        headers=tuple(
-            (header, headers.get(header, str, "a string", "")) for header in headers.data
-        ),
+        headers=_webhook_headers(hook, base),
     )
+
+
+def _webhook_headers(hook: _Table, base: Path) -> tuple[tuple[str, str], ...]:
+    """``headers``, then the ``Name: value`` lines of ``headers_file`` (blank lines and
+    ``#`` comments skipped). Errors never show a value: every value is a secret."""
+    table = hook.table("headers")
+    found: dict[str, tuple[str, str, str]] = {}  # lower-case name -> (name, value, key)
+    for name in table.data:
+        value = table.get(name, str, "a string", "")
+        problem = _header_problem(name, value, found)
+        if problem:
+            table.fail(name, problem)
+        found[name.lower()] = (name, value, table.sub(name))
+    path = hook.path("headers_file", base)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path else []
+    except OSError as exc:
+        hook.fail("headers_file", f"cannot read {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        hook.fail("headers_file", f"{path} is not UTF-8 text")
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, colon, value = (part.strip() for part in line.partition(":"))
+        if not colon or not name:
+            hook.fail("headers_file", f'line {number} is not "Name: value"')
+        problem = _header_problem(name, value, found) or ("" if value else "has no value")
+        if problem:
+            shown = _show(name) if _HEADER_NAME_RE.fullmatch(name) else "the header name"
+            hook.fail("headers_file", f"line {number}: {shown} {problem}")
+        found[name.lower()] = (name, value, f"{hook.sub('headers_file')} line {number}")
+    return tuple((name, value) for name, value, _key in found.values())
+
+
+def _header_problem(name: str, value: str, found: Mapping[str, tuple[str, str, str]]) -> str:
+    """What is wrong with header ``name`` given those ``found`` so far; "" when nothing.
+    Never shows the value."""
+    if not _HEADER_NAME_RE.fullmatch(name):
+        return "is not letters, digits and !#$%&'*+-.^_`|~"
+    if name.lower() in RESERVED_HEADERS:
+        return "is reserved: the relay sets it"
+    if name.lower() in found:
+        return f"is already set by {found[name.lower()][2]}"
+    if not _HEADER_VALUE_RE.fullmatch(value):
+        return "has a value that is not printable ASCII"
+    return ""
 
 
 def _webhook_secret(hook: _Table, base: Path) -> bytes:

@@ -19,7 +19,7 @@ from typing import IO
 
 import sqlalchemy as sa
 
-from relay import __version__, logs
+from relay import __version__, logs, redact
 from relay.api import AatroxClient
 from relay.clock import Clock, SystemClock
 from relay.config import Config
@@ -32,7 +32,7 @@ from relay.outbox import Outbox
 from relay.poller import Poller, PollResult
 from relay.retry import Jitter
 from relay.scheduler import Scheduler
-from relay.store import AsyncStore, Store
+from relay.store import AsyncStore, Store, private_file
 
 log = logging.getLogger("relay")
 
@@ -70,8 +70,10 @@ class InstanceLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise StoreError naming the store."""
+        """Take the lock or raise StoreError naming the store. The lock file is created
+        ``0600`` (tightened to it if it was left wider), like the store beside it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path, create=True)
         handle = self.path.open("a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -298,6 +300,7 @@ class Relay:
                 log.warning("relay.reload.needs_restart", extra=fields(key=key))
         old = self.config
         self.config = new
+        redact.register(new)  # new URLs, header values and secrets: never shown either
         logs.setup(new.log.level, new.log.format, pii=new.log.pii)
         self.api.set_token(new.api.token)
         self.outbox.retry_unknown = new.outbound.retry_unknown

@@ -20,10 +20,11 @@ from datetime import datetime
 
 from relay.clock import Clock
 from relay.config import WebhookConfig
-from relay.errors import StoreError
+from relay.errors import InvalidNumber, StoreError
 from relay.events import Events
 from relay.logs import fields
 from relay.outbox import reply_text
+from relay.phone import valid_number
 from relay.retry import Backoff, Jitter
 from relay.schema import DEAD, DELIVERED, PENDING, deliveries
 from relay.store import AsyncStore, DueDelivery, Outcome, Reply
@@ -31,6 +32,10 @@ from relay.webhook import Answer, Webhook
 from relay.worker import Worker, internal_error
 
 log = logging.getLogger("relay.dispatcher")
+
+#: Inbound senders are stored in E.164 (or as given, when they are no phone number),
+#: so the region only matters for what is not E.164: those are refused anyway.
+REPLY_REGION = "AU"
 
 
 class _OutcomeWriter:
@@ -179,8 +184,8 @@ class Lane(Worker[DueDelivery]):
             if answer.body_error is not None:
                 raise ValueError(answer.body_error)
             text = reply_text(answer.body)
-            if text is not None and not delivery.sender.startswith("+"):
-                msg = "the sender is not a phone number (a sender id or short code)"
+            if text is not None and not _repliable(delivery.sender):
+                msg = "the sender is not a valid phone number (a sender id or short code?)"
                 raise ValueError(msg)
         except ValueError as exc:
             log.warning(
@@ -206,7 +211,8 @@ class Lane(Worker[DueDelivery]):
                 "relay.delivery.delivered",
                 extra=fields(**base, status=outcome.status, latency=f"{latency:.3f}s"),
             )
-            self.events.delivered(self.config.name, latency)
+            # A replay's wait since the provider received it says nothing of delivery speed.
+            self.events.delivered(self.config.name, None if delivery.replayed else latency)
             return
         self.events.delivery_failed(
             self.config.name, outcome.error or "", dead=outcome.state == DEAD
@@ -221,6 +227,16 @@ class Lane(Worker[DueDelivery]):
                     **base, error=outcome.error, next_attempt_at=outcome.next_attempt_at.isoformat()
                 ),
             )
+
+
+def _repliable(sender: str) -> bool:
+    """Whether an SMS can go back to ``sender``: a valid phone number, not a sender id,
+    a short code or a number the provider wrote with a digit too many."""
+    try:
+        valid_number(sender, REPLY_REGION)
+    except InvalidNumber:
+        return False
+    return True
 
 
 class Dispatcher:

@@ -28,8 +28,9 @@ class Events:
         """``count`` listed messages on ``number`` could not be completed from their details
         for longer than the relay waits (reported once each; still retried)."""
 
-    def delivered(self, webhook: str, latency: float) -> None:
-        """A webhook accepted a message, ``latency`` seconds after the provider received it."""
+    def delivered(self, webhook: str, latency: float | None) -> None:
+        """A webhook accepted a message, ``latency`` seconds after the provider received it
+        (None for a replayed delivery, whose wait says nothing of delivery speed)."""
 
     def delivery_failed(self, webhook: str, error: str, *, dead: bool) -> None:
         """An attempt failed; ``dead`` when it was the last."""

@@ -72,6 +72,14 @@ DETAILS_GIVE_UP = 3600.0
 BACKFILL_GRACE = 60.0
 #: Polls run back to back after a listing that outran the relay, at most, per job run.
 GAP_REPOLLS = 3
+#: After a 401, where a token that was read again but did not change comes from, and
+#: what an operator does to rotate it there.
+STALE_TOKEN_SOURCES = {
+    "credential": "systemd copies credentials when the service starts: write the new token "
+    "to the credential's source file, then systemctl restart (a reload does not refresh it)",
+    "inline": "the token is in the config: change api.token and reload (SIGHUP)",
+    "env": "the token is in $AATROX_TOKEN: change it and restart",
+}
 #: Distinct skip reasons remembered per number, so each is logged once.
 SKIP_REASONS_MAX = 1000
 
@@ -194,6 +202,8 @@ class Poller:
         self.events = events or Events()
         self.states = {n.number: NumberState(n) for n in config.numbers}
         self._slots = asyncio.Semaphore(config.poll.concurrency)
+        #: relay.token.unchanged was logged since the token last changed.
+        self._stale_token_hinted = False
 
     def update(self, config: Config) -> None:
         """Apply a reloaded config: numbers come and go; a kept number keeps its memory."""
@@ -279,7 +289,15 @@ class Poller:
             log.error("relay.token.unreadable", extra=fields(error=str(exc)))
             return
         if self.api.set_token(token):
+            self._stale_token_hinted = False
             log.info("relay.token.reloaded", extra=fields(source=source.describe()))
+        elif source.kind in STALE_TOKEN_SOURCES and not self._stale_token_hinted:
+            # A rotated token is not there yet: say once what brings it.
+            self._stale_token_hinted = True
+            log.warning(
+                "relay.token.unchanged",
+                extra=fields(source=source.describe(), hint=STALE_TOKEN_SOURCES[source.kind]),
+            )
 
     def _budget(self) -> float:
         """The most one poll may take: a listing, details, and the store."""

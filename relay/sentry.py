@@ -2,15 +2,17 @@
 
 :func:`setup` initialises sentry_sdk from ``[sentry]``. Every event and breadcrumb goes
 through :func:`scrub_event` / :func:`scrub_breadcrumb` first: message text, phone
-numbers, bearer tokens, ``Authorization`` headers and the secrets registered with
-:func:`scrub_secret` never leave the process. :class:`Alerts` turns conditions the
-daemon sees on every poll (a rejected token) into one event when they start.
+numbers, bearer tokens, ``Authorization`` headers, the secrets registered with
+:func:`scrub_secret` or :func:`relay.redact.register` and the paths and queries of
+configured URLs never leave the process: httpx's request breadcrumbs and spans name the
+webhook (``webhook:crm``) or the API endpoint (``api:/api/v2/sms/receive``) instead.
+:class:`Alerts` turns conditions the daemon sees on every poll (a rejected token) into
+one event when they start.
 Logs become breadcrumbs, never events: the relay's error logs repeat on every poll.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import math
@@ -26,17 +28,17 @@ from sentry_sdk.crons import capture_checkin
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.transport import Transport
 
+from relay import redact
 from relay.config import SentryConfig
-from relay.phone import mask
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint, MonitorConfig
 
-FILTERED = "[Filtered]"
+FILTERED = redact.FILTERED
 #: Breadcrumbs kept per event: the last few polls and deliveries, no more.
 MAX_BREADCRUMBS = 30
 #: Secrets shorter than this are not registered: they would blank ordinary words.
-MIN_SECRET_CHARS = 4
+MIN_SECRET_CHARS = redact.MIN_SECRET_CHARS
 #: Check-in statuses Sentry knows.
 CHECKIN_STATUSES = ("in_progress", "ok", "error")
 #: Sentry accepts a few check-ins a minute per monitor: ``ok`` ones are sent at most this often.
@@ -47,8 +49,6 @@ CHECKIN_MARGIN_MINUTES = 5
 FAILURE_ISSUE_THRESHOLD = 3
 MONITOR_SLUG_PREFIX = "aatrox-relay-poll"
 
-# Phone numbers: any run of 8 or more digits, with an optional leading +.
-_PHONE = re.compile(r"\+?\d{8,}")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*|\b(basic)\s+[A-Za-z0-9+/]{8,}=*")
 # key: value and key=value credentials, an auth scheme included: "Authorization: Bearer x".
 _ASSIGNED = re.compile(
@@ -65,48 +65,19 @@ _SECRET_KEY_PARTS = ("authorization", "cookie", "token", "secret", "password", "
                      "api_key", "apikey", "signature", "dsn")  # fmt: skip
 # Keys whose value is message text, in data (extra, contexts, breadcrumb data, bodies).
 _TEXT_KEYS = frozenset(("text", "body", "message", "content", "message_text", "sms", "sms_text"))
+# Parts of a URL that breadcrumbs and spans carry apart from it (sentry_sdk's SPANDATA).
+_URL_PART_KEYS = frozenset(("http.query", "http.fragment", "url.query", "url.fragment"))
 # Identifiers that look like digits but are not phone numbers.
 _ID_KEYS = frozenset(("event_id", "trace_id", "span_id", "parent_span_id", "check_in_id",
                       "segment_id", "profile_id", "replay_id", "sample_rand"))  # fmt: skip
 
 
-class _Secrets:
-    """The secrets registered so far, as one regular expression."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: set[str] = set()
-        self.pattern: re.Pattern[str] | None = None
-
-    def add(self, value: str) -> None:
-        if len(value) < MIN_SECRET_CHARS:
-            return
-        with self._lock:
-            if value in self._values:
-                return
-            self._values.add(value)
-            ordered = sorted(self._values, key=len, reverse=True)
-            self.pattern = re.compile("|".join(re.escape(v) for v in ordered))
-
-
-_secrets = _Secrets()
-
-
 def scrub_secret(value: str | bytes) -> None:
     """Never report ``value``: the API token, a webhook secret (the ``whsec_`` string or
-    its decoded key), a send token. Bytes are also registered as their base64.
+    its decoded key), a send token. Bytes are also registered as their base64. The
+    secrets of a whole config are registered with :func:`relay.redact.register`.
     """
-    if isinstance(value, bytes):
-        _secrets.add(base64.b64encode(value).decode())
-        try:
-            value = value.decode()
-        except UnicodeDecodeError:
-            return
-    _secrets.add(value.strip())
-
-
-def _mask_phone(match: re.Match[str]) -> str:
-    return mask(match[0])
+    redact.add_secret(value)
 
 
 def _quoted_text(match: re.Match[str]) -> str:
@@ -115,14 +86,13 @@ def _quoted_text(match: re.Match[str]) -> str:
 
 
 def scrub_text(text: str) -> str:
-    """``text`` without registered secrets, credentials, quoted message text or phone numbers."""
-    pattern = _secrets.pattern
-    if pattern is not None:
-        text = pattern.sub(FILTERED, text)
+    """``text`` without registered secrets, configured URLs (shown as their labels),
+    credentials, quoted message text or phone numbers."""
+    text = redact.text(text)
     text = _ASSIGNED.sub(lambda m: f"{m[1]}{m[2]}{FILTERED}", text)
     text = _BEARER.sub(lambda m: f"{m[1] or m[2]} {FILTERED}", text)
     text = _QUOTED_TEXT.sub(_quoted_text, text)
-    return _PHONE.sub(_mask_phone, text)
+    return redact.numbers(text)
 
 
 def _is_secret_key(key: str) -> bool:
@@ -142,7 +112,11 @@ def _scrub(value: Any, *, data: bool) -> Any:
             name = str(key)
             if name in _ID_KEYS:
                 out[key] = item
-            elif _is_secret_key(name) or (data and name.lower() in _TEXT_KEYS):
+            elif (
+                _is_secret_key(name)
+                or name in _URL_PART_KEYS
+                or (data and name.lower() in _TEXT_KEYS)
+            ):
                 out[key] = FILTERED if item not in (None, "") else item
             else:
                 out[key] = _scrub(item, data=data)

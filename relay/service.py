@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from relay import __version__, sentry
+from relay import __version__, redact, sentry
 from relay.config import Config
 from relay.daemon import Relay
 from relay.errors import InvalidNumber, RelayError
@@ -49,7 +49,7 @@ from relay.metrics import (
     Metrics,
 )
 from relay.outbox import check_text, queue_send
-from relay.phone import normalise
+from relay.phone import valid_number
 from relay.systemd import Notifier
 
 log = logging.getLogger("relay.service")
@@ -123,7 +123,7 @@ class Telemetry(Events):
         """Count them."""
         self.metrics.unresolved(number, count)
 
-    def delivered(self, webhook: str, latency: float) -> None:
+    def delivered(self, webhook: str, latency: float | None) -> None:
         """Count it; the webhook works again."""
         self.metrics.delivery(webhook, DELIVERED, latency)
         self.alerts.resolved(f"webhook_dead:{webhook}")
@@ -257,12 +257,18 @@ class Service:
         if not isinstance(disclaimer, bool) or (disclaimer and len(to_list) > 1):
             msg = '"disclaimer" must be true or false, and only with one recipient'
             raise ValueError(msg)
-        try:
-            sender = normalise(doc["from"], region)
-            recipients = list(dict.fromkeys(normalise(t, region) for t in to_list))
-        except InvalidNumber as exc:
-            raise ValueError(str(exc)) from None
-        return sender, recipients, check_text(doc["text"]), disclaimer
+        listed = isinstance(raw_to, list)
+        named = [('"from"', doc["from"])]
+        named += [(f'"to"[{i}]' if listed else '"to"', t) for i, t in enumerate(to_list)]
+        numbers = []
+        for field, value in named:
+            try:
+                numbers.append(valid_number(value, region))
+            except InvalidNumber as exc:
+                msg = f"{field}: {exc}"
+                raise ValueError(msg) from None
+        sender, *recipients = numbers
+        return sender, list(dict.fromkeys(recipients)), check_text(doc["text"]), disclaimer
 
     # --- running ------------------------------------------------------------------------
 
@@ -306,12 +312,9 @@ class Service:
     async def run(self) -> int:
         """Run until SIGTERM or SIGINT; exit code 0."""
         config = self.config
-        if sentry.setup(config.sentry, version=__version__):
-            secrets: list[str | bytes] = [config.api.token, *(h.secret for h in config.webhooks)]
-            if config.http and config.http.send_token:
-                secrets.append(config.http.send_token)
-            for secret in secrets:
-                sentry.scrub_secret(secret)
+        # Logs and Sentry events alike: the config's secrets and URLs are never shown.
+        redact.register(config)
+        sentry.setup(config.sentry, version=__version__)
         heartbeats = sentry.Heartbeats() if config.sentry and config.sentry.monitor else None
         telemetry = Telemetry(
             self.metrics, self.alerts, heartbeats, {n.number: n.interval for n in config.numbers}

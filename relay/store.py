@@ -18,13 +18,16 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -35,10 +38,14 @@ from sqlalchemy.engine import Connection, Engine
 from relay.clock import Clock
 from relay.errors import StoreError
 from relay.inbound import InboundMessage
+from relay.logs import fields
 from relay.schema import (
     DEAD,
     DELIVERED,
+    FAILED,
     PENDING,
+    SENT,
+    UNKNOWN,
     DeliveryState,
     UtcDateTime,
     deliveries,
@@ -57,7 +64,77 @@ STORE_TIMEOUT = 30.0
 #: Default for how long a claim on a delivery lasts unless renewed (store.lease).
 DEFAULT_LEASE = 15.0
 
+#: The mode of a SQLite store's files (the database, its ``-wal`` and ``-shm``, the
+#: instance lock): message texts and phone numbers are for the relay's user alone.
+PRIVATE_FILE_MODE = 0o600
+#: Files SQLite keeps beside a database (WAL, shared memory, rollback journal); it
+#: creates them with the database file's own mode, but older relays left them ``0644``.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: Outbound SMS in these states are settled: :meth:`Store.prune` deletes them once old.
+SETTLED_OUTBOUND = (SENT, FAILED, UNKNOWN)
+
 T = TypeVar("T")
+log = logging.getLogger("relay.store")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other engines and in-memory databases."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.query.get("uri") == "true":  # a sqlite3 URI ("file:...?mode=ro"): not a path
+        return None
+    return Path(parsed.database)
+
+
+def private_file(path: Path, *, create: bool) -> None:
+    """Make ``path`` readable by its owner alone: create it ``0600`` (when ``create``
+    and it is missing), or tighten an existing one with a wider mode, with the warning
+    ``relay.store.permissions_tightened`` (``relay.store.permissions_open`` when it cannot
+    be changed: the file belongs to another user).
+
+    OSError when it cannot be created.
+    """
+    if create:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+        except FileExistsError:
+            pass
+        else:
+            return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & ~PRIVATE_FILE_MODE:
+        return
+    try:
+        os.chmod(path, mode & PRIVATE_FILE_MODE)
+    except OSError as exc:
+        log.warning(
+            "relay.store.permissions_open",
+            extra=fields(path=str(path), mode=f"{mode:04o}", error=exc.strerror or str(exc)),
+        )
+    else:
+        log.warning(
+            "relay.store.permissions_tightened",
+            extra=fields(path=str(path), was=f"{mode:04o}", now=f"{mode & PRIVATE_FILE_MODE:04o}"),
+        )
+
+
+def private_sqlite_files(db: Path) -> None:
+    """Create the SQLite database ``db`` ``0600`` before SQLite does (its ``-wal`` and
+    ``-shm`` then follow its mode), and tighten it and any of those left wider.
+
+    StoreError naming ``store.url`` when the file cannot be created.
+    """
+    try:
+        private_file(db, create=True)
+    except OSError as exc:
+        msg = f"store.url: cannot create {db}: {exc.strerror or exc}"
+        raise StoreError(msg) from None
+    for suffix in SQLITE_SIDE_FILES:
+        private_file(db.with_name(db.name + suffix), create=False)
 
 
 def new_relay_id() -> str:
@@ -78,6 +155,7 @@ def _due_columns() -> sa.Select[Any]:
         messages.c.recipient,
         messages.c.text,
         messages.c.received_at,
+        deliveries.c.last_attempt_at,
     ).join(messages, messages.c.id == deliveries.c.message_id)
 
 
@@ -128,6 +206,14 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class Pruned:
+    """What one :meth:`Store.apply_retention` deleted."""
+
+    messages: int
+    outbound: int
+
+
+@dataclass(frozen=True)
 class DueDelivery:
     """A delivery that is due, with the message it carries."""
 
@@ -142,6 +228,12 @@ class DueDelivery:
     recipient: str
     text: str
     received_at: datetime
+    last_attempt_at: datetime | None = None
+
+    @property
+    def replayed(self) -> bool:
+        """Queued again by ``deliveries replay`` after an earlier attempt."""
+        return self.last_attempt_at is not None and self.queued_at > self.last_attempt_at
 
 
 @dataclass(frozen=True)
@@ -176,16 +268,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str) -> Engine:
+def create_engine(url: str, *, connect_timeout: int | None = None) -> Engine:
     """An engine for ``url``, tuned for the relay (WAL and foreign keys on SQLite).
 
     ``postgresql://`` and ``postgres://`` mean psycopg 3, the driver the relay ships with.
+    ``connect_timeout`` (whole seconds) bounds how long connecting to PostgreSQL may take.
     """
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix) :]
+    sqlite = url.startswith("sqlite")
+    connect_args: dict[str, Any] = {}
+    if connect_timeout is not None and not sqlite:
+        connect_args["connect_timeout"] = connect_timeout
     try:
-        engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        engine = sa.create_engine(url, pool_pre_ping=not sqlite, connect_args=connect_args)
     except (sa.exc.ArgumentError, ImportError) as exc:
         msg = f"store.url: cannot use {sa.engine.make_url(url).render_as_string()}: {exc}"
         raise StoreError(msg) from None
@@ -253,7 +350,14 @@ class Store:
         relay_id: str | None = None,
         lease: float = DEFAULT_LEASE,
     ) -> Store:
-        """Connect to ``url`` and bring its schema up to date."""
+        """Connect to ``url`` and bring its schema up to date.
+
+        A SQLite database is created ``0600`` if it does not exist yet, and tightened to
+        that if it (or its ``-wal`` or ``-shm``) is readable by others.
+        """
+        db = sqlite_file(url)
+        if db is not None:
+            private_sqlite_files(db)
         store = cls(create_engine(url), clock, relay_id=relay_id, lease=lease)
         if migrate:
             store.migrate()
@@ -616,11 +720,19 @@ class Store:
     # --- retention ----------------------------------------------------------
 
     def prune(self, retention: float) -> int:
-        """Delete messages older than ``retention`` seconds whose deliveries are all settled.
+        """Apply ``retention`` (see :meth:`apply_retention`); how many messages were deleted."""
+        return self.apply_retention(retention).messages
 
-        A message with a pending delivery is kept, whatever its age; so is one
-        with a dead delivery that failed within the retention window (it may be
-        replayed). Returns how many messages were deleted.
+    def apply_retention(self, retention: float) -> Pruned:
+        """Delete what is settled and older than ``retention`` seconds, in one transaction.
+
+        Messages whose deliveries are all settled: a message with a pending delivery is
+        kept, whatever its age; so is one with a dead delivery that failed within the
+        retention window (it may be replayed). Outbound SMS that are sent, failed or of
+        unknown outcome, whose last attempt (or queueing) is older than the horizon: a
+        pending one is kept, whatever its age. Outbound SMS go first, so the deliveries
+        deleted after them (their ``delivery_id`` is set to NULL, ``ON DELETE SET NULL``)
+        touch only the replies still kept.
         """
         horizon = self.clock.now() - timedelta(seconds=retention)
         blocking = sa.select(deliveries.c.id).where(
@@ -631,13 +743,22 @@ class Store:
             ),
         )
         old = sa.select(messages.c.id).where(messages.c.received_at < horizon, ~blocking.exists())
+        settled = sa.select(outbound.c.id).where(
+            outbound.c.state.in_(SETTLED_OUTBOUND),
+            sa.func.coalesce(outbound.c.last_attempt_at, outbound.c.queued_at) < horizon,
+        )
         with self.engine.begin() as conn:
+            sms = list(conn.scalars(settled))
+            for start in range(0, len(sms), LOOKUP_CHUNK):
+                conn.execute(
+                    outbound.delete().where(outbound.c.id.in_(sms[start : start + LOOKUP_CHUNK]))
+                )
             ids = list(conn.scalars(old))
             for start in range(0, len(ids), LOOKUP_CHUNK):
                 chunk = ids[start : start + LOOKUP_CHUNK]
                 conn.execute(deliveries.delete().where(deliveries.c.message_id.in_(chunk)))
                 conn.execute(messages.delete().where(messages.c.id.in_(chunk)))
-        return len(ids)
+        return Pruned(messages=len(ids), outbound=len(sms))
 
 
 class AsyncStore:

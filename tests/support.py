@@ -291,3 +291,4 @@ def recording_sentry() -> Iterator[RecordingTransport]:
         sentry.close()
         for scope in (sentry_sdk.get_isolation_scope(), sentry_sdk.get_current_scope()):
             scope.clear()
+        sentry_sdk.get_global_scope().set_client(None)  # inactive again for later tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,11 +16,13 @@ from relay.cli import main
 from relay.clock import FakeClock, SystemClock
 from relay.inbound import InboundMessage
 from relay.leases import balance
+from relay.outbox import queue_send, record
 from relay.receiver import Rule, WebhookReceiver
-from relay.schema import deliveries, messages
+from relay.schema import deliveries, messages, outbound
 from relay.simulator import Fault, Simulator
 from relay.store import Outcome, Reply, Store
 from tests.support import NUMBERS, SENDER, TOKEN, cli, write_config
+from tests.test_numbers import SPELLINGS, WRONG_NUMBERS
 
 #: Nothing listens here: store-only commands never reach it.
 NOWHERE = "http://127.0.0.1:9"
@@ -174,9 +177,11 @@ def test_status_never_polled_and_leases(
 def test_status_on_an_unreadable_store_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A store that cannot be opened is one line and exit 1."""
-    url = f"sqlite:///{tmp_path / 'missing-dir' / 'relay.db'}"
-    path = write_config(tmp_path / "relay.toml", NOWHERE, NOWHERE, url)
+    """A store that cannot be opened (a file that is no database) is one line and exit 1."""
+    db = tmp_path / "relay.db"
+    db.write_bytes(b"not a database, just some bytes of something else" * 100)
+    db.chmod(0o600)
+    path = write_config(tmp_path / "relay.toml", NOWHERE, NOWHERE, f"sqlite:///{db}")
     code, out, err = _run(capsys, "status", "--config", str(path))
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("aatrox-relay: error: ")
@@ -238,7 +243,8 @@ def test_replay_by_id_keeps_webhook_id(
     (dead,) = _seed(store, ["dead"], ago_s=3 * 86400)
     before = _row(store, dead)
     code, out, _err = _run(capsys, "deliveries", "replay", str(dead), "--config", str(config))
-    assert code == 0 and "queued 1 deliveries" in out
+    assert code == 0 and out.splitlines()[0] == "queued 1 delivery again"
+    assert "a running relay picks it up" in out
     after = _row(store, dead)
     now = datetime.now(timezone.utc)
     assert after.state == "pending" and after.webhook_id == before.webhook_id
@@ -254,8 +260,23 @@ def test_replay_a_delivered_one_says_so(
     """Replaying a delivered delivery is allowed, and the output says it will be sent again."""
     (delivered,) = _seed(store, ["delivered"])
     code, out, _err = _run(capsys, "deliveries", "replay", str(delivered), "--config", str(config))
-    assert code == 0 and "1 of them had been delivered" in out
+    assert code == 0
+    assert "it had been delivered: it will be sent again, with the same webhook-id" in out
     assert _row(store, delivered).state == "pending"
+
+
+def test_replay_counts_in_words(
+    config: Path, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several replayed deliveries read in the plural, one delivered among them singular."""
+    ids = _seed(store, ["delivered", "dead", "dead"])
+    code, out, _err = _run(capsys, "deliveries", "replay", *map(str, ids), "--config", str(config))
+    assert code == 0
+    assert out.splitlines() == [
+        "queued 3 deliveries again",
+        "1 of them had been delivered: it will be sent again, with the same webhook-id",
+        "a running relay picks them up within 5s",
+    ]
 
 
 def test_replay_dead_by_webhook_and_since(
@@ -269,7 +290,7 @@ def test_replay_dead_by_webhook_and_since(
     code, out, _err = _run(
         capsys, "deliveries", "replay", "--dead", "--webhook", "other", "--config", str(config)
     )
-    assert code == 0 and "queued 1 deliveries" in out and "not in the config" in out
+    assert code == 0 and "queued 1 delivery again" in out and "not in the config" in out
     assert [_row(store, i).state for i in (old, recent, delivered, other)] == [
         "dead", "dead", "delivered", "pending",
     ]  # fmt: skip
@@ -277,7 +298,7 @@ def test_replay_dead_by_webhook_and_since(
     code, out, _err = _run(
         capsys, "deliveries", "replay", "--dead", "--since", "2h", "--config", str(config)
     )
-    assert code == 0 and "queued 1 deliveries" in out
+    assert code == 0 and "queued 1 delivery again" in out
     assert [_row(store, i).state for i in (old, recent)] == ["dead", "pending"]
 
 
@@ -344,6 +365,22 @@ def test_prune(config: Path, store: Store, capsys: pytest.CaptureFixture[str]) -
         assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one() == 2
 
 
+def test_prune_deletes_old_outbound_sms(
+    config: Path, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prune applies store.retention to outbound SMS too, and says how many went."""
+    sent = queue_send(store, NUMBERS[0], [SENDER], "an old text")
+    long_ago = datetime.now(timezone.utc) - timedelta(days=40)
+    record(store, sent, state="sent", last_attempt_at=long_ago, sent_at=long_ago)
+    _seed(store, ["replied"], ago_s=40 * 86400)
+    code, out, _err = _run(capsys, "prune", "--config", str(config))
+    assert code == 0
+    assert out == "pruned 1 message and 1 outbound SMS (store.retention: 30d)\n"
+    with store.engine.connect() as conn:
+        (left,) = conn.execute(sa.select(outbound.c.state, outbound.c.delivery_id))
+    assert tuple(left) == ("pending", None)  # the old message's reply, still to send
+
+
 # --- send ------------------------------------------------------------------------------
 
 
@@ -397,6 +434,38 @@ def test_send_bad_input(
     code, out, err = _run(capsys, "send", *args, "--config", str(config))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and named in err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("option", ["--to", "--from"])
+@pytest.mark.parametrize(("wrong", "reason"), WRONG_NUMBERS.items())
+async def test_send_refuses_wrong_numbers(
+    sim_config: tuple[Simulator, Path], option: str, wrong: str, reason: str
+) -> None:
+    """A letter, a digit too many, an extension or a short code at --to or --from: exit 2,
+    one line naming the option and its value, and no request reaches the API."""
+    sim, path = sim_config
+    numbers = {"--from": "0400000001", "--to": "0412345678", option: wrong}
+    code, out, err = await cli(
+        "send", "--from", numbers["--from"], "--to", numbers["--to"], "--text", "hi",
+        "--config", str(path),
+    )  # fmt: skip
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert f"{option} {wrong!r}: " in err and reason in err
+    assert sim.requests == Counter() and sim.sent == []
+
+
+@pytest.mark.anyio
+async def test_send_reads_valid_spellings(sim_config: tuple[Simulator, Path]) -> None:
+    """Every usual spelling of a valid number is one recipient in E.164; so is --from."""
+    sim, path = sim_config
+    recipients = [arg for spelling in SPELLINGS for arg in ("--to", spelling)]
+    code, _out, err = await cli(
+        "send", "--from", "(04) 0000 0001", *recipients, "--text", "hi", "--config", str(path)
+    )
+    assert code == 0, err
+    (sent,) = sim.sent
+    assert (sent.endpoint, sent.sender, sent.recipients) == ("send", NUMBERS[0], ("+61412345678",))
 
 
 @pytest.mark.anyio

@@ -29,6 +29,7 @@ from relay.config import (
     parse_duration,
 )
 from relay.errors import ConfigError
+from tests.test_numbers import SPELLINGS, WRONG_NUMBERS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-3f9a-do-not-leak"
@@ -198,7 +199,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.api == ApiConfig(
         token_source=TokenSource("inline", TOKEN), token=TOKEN, timezone=timezone.utc
     )
-    assert config.store == StoreConfig("sqlite:///aatrox-relay.db")
+    assert config.store == StoreConfig(f"sqlite:///{tmp_path / 'aatrox-relay.db'}")
     assert config.poll == PollConfig()
     assert config.numbers == ()
     assert config.webhooks == ()
@@ -288,6 +289,124 @@ def test_unusable_send_token_file_names_its_key(
         assert secret not in message
 
 
+HEADERS_FILE_SECRET = "hdr-file-value-do-not-leak"
+#: ``[[webhooks]]`` reading its extra headers from ``headers.txt`` beside the config.
+HOOK_WITH_FILE = HOOK + 'headers_file = "headers.txt"\n'
+HEADERS_FILE_CASES = ("missing", "no-colon", "no-name", "bad-name", "reserved", "dup-table",
+                      "dup-file", "empty", "non-ascii")  # fmt: skip
+
+
+def test_headers_file_adds_headers_after_the_table(tmp_path: Path) -> None:
+    """headers_file is read from the config's directory: "Name: value" lines, values
+    stripped (colons kept), blank lines and # comments skipped, after the headers table."""
+    etc = tmp_path / "etc"
+    write(
+        etc,
+        f"# secrets for crm\n\nX-Api-Key:  {HEADERS_FILE_SECRET}  \nX-Route: a:b\n",
+        name="headers.txt",
+    )
+    text = API + HOOK_WITH_FILE + 'headers = { "X-Env" = "prod" }\n' + NUMBER
+
+    config = load(write(etc, text), environ=NO_ENV)
+
+    assert config.webhooks[0].headers == (
+        ("X-Env", "prod"),
+        ("X-Api-Key", HEADERS_FILE_SECRET),
+        ("X-Route", "a:b"),
+    )
+    assert HEADERS_FILE_SECRET not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("content", "start"),
+    [
+        (None, "webhooks[0].headers_file: cannot read"),
+        (HEADERS_FILE_SECRET, 'webhooks[0].headers_file: line 1 is not "Name: value"'),
+        (f": {HEADERS_FILE_SECRET}", 'webhooks[0].headers_file: line 1 is not "Name: value"'),
+        (
+            f"# ok\nX Key: {HEADERS_FILE_SECRET}",
+            "webhooks[0].headers_file: line 2: the header name is not letters, digits",
+        ),
+        (
+            f"webhook-signature: {HEADERS_FILE_SECRET}",
+            'webhooks[0].headers_file: line 1: "webhook-signature" is reserved',
+        ),
+        (
+            f"x-env: {HEADERS_FILE_SECRET}",
+            'webhooks[0].headers_file: line 1: "x-env" is already set by webhooks[0].headers.X-Env',
+        ),
+        (
+            f"X-A: 1\nX-a: {HEADERS_FILE_SECRET}",
+            'webhooks[0].headers_file: line 2: "X-a" is already set by '
+            "webhooks[0].headers_file line 1",
+        ),
+        ("X-Api-Key:   ", 'webhooks[0].headers_file: line 1: "X-Api-Key" has no value'),
+        (
+            f"X-Api-Key: {HEADERS_FILE_SECRET}\u00e9",
+            'webhooks[0].headers_file: line 1: "X-Api-Key" has a value that is not printable',
+        ),
+    ],
+    ids=HEADERS_FILE_CASES,
+)
+def test_unusable_headers_file_names_its_key(
+    tmp_path: Path, content: str | None, start: str
+) -> None:
+    """A headers_file that is missing or has a bad line is a one-line error naming
+    webhooks[N].headers_file and the line, never showing a value."""
+    if content is not None:
+        write(tmp_path, content, name="headers.txt")
+    text = API + HOOK_WITH_FILE + 'headers = { "X-Env" = "prod" }\n' + NUMBER
+
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+
+    message = str(caught.value)
+    assert message.startswith(start)
+    assert "\n" not in message
+    for secret in [*SECRETS, HEADERS_FILE_SECRET]:
+        assert secret not in message
+
+
+def test_headers_file_that_is_not_utf8_names_its_key(tmp_path: Path) -> None:
+    """A headers_file that is not UTF-8 text is an error naming the key and the file."""
+    (tmp_path / "headers.txt").write_bytes(b"X-Api-Key: \xff\xfe\n")
+
+    with pytest.raises(ConfigError, match=r"^webhooks\[0\]\.headers_file: .* is not UTF-8 text"):
+        load_text(tmp_path, API + HOOK_WITH_FILE + NUMBER)
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        (None, "etc/aatrox-relay.db"),
+        ("sqlite:///relay.db", "etc/relay.db"),
+        ("sqlite:///state/relay.db?timeout=5", "etc/state/relay.db?timeout=5"),
+        ("sqlite:///../var/relay.db", "etc/../var/relay.db"),
+    ],
+)
+def test_a_relative_sqlite_store_is_read_from_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str | None, where: str
+) -> None:
+    """A relative SQLite path, the default one included, is anchored at the config file's
+    directory, whatever directory the command runs in."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = API if url is None else f'{API}[store]\nurl = "{url}"\n'
+
+    config = load(write(tmp_path / "etc", text), environ=NO_ENV)
+
+    assert config.store.url == f"sqlite:///{tmp_path}/{where}"
+
+
+def test_absolute_and_postgresql_store_urls_are_kept(tmp_path: Path) -> None:
+    """An absolute SQLite path and a PostgreSQL URL are used as written; ~ is the home."""
+    for url in ("sqlite:////var/lib/relay/relay.db", "postgresql://relay@db:5432/relay"):
+        assert load_text(tmp_path, f'{API}[store]\nurl = "{url}"\n').store.url == url
+    home = load_text(tmp_path, f'{API}[store]\nurl = "sqlite:///~/relay.db"\n').store.url
+    assert home == f"sqlite:///{Path.home() / 'relay.db'}"
+
+
 def test_default_store_follows_state_directory(tmp_path: Path) -> None:
     """Without store.url the database goes in systemd's $STATE_DIRECTORY."""
     config = load_text(tmp_path, API, environ={"STATE_DIRECTORY": "/var/lib/relay:/other"})
@@ -361,6 +480,36 @@ def test_spellings_of_one_number_are_one_number(tmp_path: Path, first: str, seco
     assert (
         str(caught.value) == "numbers[1].number: +61412345678 is already configured at numbers[0]"
     )
+
+
+def _number_config(key: str, value: str) -> str:
+    """A config whose one [[numbers]] entry has ``value`` at ``key`` (number or from)."""
+    if key == "number":
+        return f'{API}{HOOK}[[numbers]]\nnumber = "{value}"\n'
+    return f'{MINIMAL}from = "{value}"\n'
+
+
+@pytest.mark.parametrize("key", ["number", "from"])
+@pytest.mark.parametrize(("wrong", "reason"), WRONG_NUMBERS.items())
+def test_wrong_numbers_are_refused(tmp_path: Path, key: str, wrong: str, reason: str) -> None:
+    """Letters, a digit too many, an extension or a short code at number or from: one
+    line naming the key, with the reason and without the number."""
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, _number_config(key, wrong))
+
+    message = str(caught.value)
+    assert message.startswith(f"numbers[0].{key}: ") and reason in message
+    assert "\n" not in message and wrong not in message
+
+
+@pytest.mark.parametrize("key", ["number", "from"])
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_valid_spellings_are_read(tmp_path: Path, key: str, spelling: str) -> None:
+    """Every usual spelling of a valid number at number or from is read as E.164."""
+    config = load_text(tmp_path, _number_config(key, spelling))
+
+    entry = config.numbers[0]
+    assert (entry.number if key == "number" else entry.sender) == "+61412345678"
 
 
 @pytest.fixture
@@ -549,6 +698,24 @@ BAD_CONFIGS = [
     ("max-response", API + "max_response_bytes = 100\n", "api.max_response_bytes: must be at"),
     ("ca-bundle", API + 'ca_bundle = "nope.pem"\n', "api.ca_bundle: "),
     ("store-url", API + f'[store]\nurl = "mysql://u:{DB_PASSWORD}@h/db"\n', "store.url: must"),
+    (
+        "store-port",
+        API + f'[store]\nurl = "postgresql://relay:{DB_PASSWORD}@host:notaport/db"\n',
+        "store.url: the port is not a number",
+    ),
+    (
+        "store-port-range",
+        API + f'[store]\nurl = "postgresql://relay:{DB_PASSWORD}@host:65536/db"\n',
+        "store.url: port 65536 is not from 1 to 65535",
+    ),
+    (
+        "store-driver",
+        API + f'[store]\nurl = "postgresql+nodriver://relay:{DB_PASSWORD}@host/db"\n',
+        'store.url: unknown database driver "postgresql+nodriver"',
+    ),
+    ("store-garbage", API + f'[store]\nurl = "{DB_PASSWORD}"\n', "store.url: is not a database"),
+    ("sqlite-host", API + '[store]\nurl = "sqlite://relay.db"\n', "store.url: a SQLite URL has"),
+    ("sqlite-memory", API + '[store]\nurl = "sqlite://"\n', "store.url: an in-memory SQLite"),
     ("retention", API + '[store]\nretention = "0"\n', "store.retention: must be greater than 0"),
     ("interval", API + '[poll]\ninterval = "fast"\n', 'poll.interval: "fast" is not a duration'),
     ("interval-min", API + '[poll]\ninterval = "50ms"\n', "poll.interval: must be at least 0.1s"),
@@ -558,7 +725,7 @@ BAD_CONFIGS = [
     ("numbers-table", API + HOOK + '[numbers]\nnumber = "+61400000001"\n', "numbers: expected"),
     ("no-webhook", API + NUMBER, "webhooks: at least one webhook is required"),
     ("number-missing", API + HOOK + "[[numbers]]\n", "numbers[0].number: is required"),
-    ("number-bad", API + HOOK + '[[numbers]]\nnumber = "12"\n', "numbers[0].number: '12' is"),
+    ("number-bad", API + HOOK + '[[numbers]]\nnumber = "12"\n', "numbers[0].number: too short"),
     ("number-key", MINIMAL + "[[numbers]]\nnumbr = 1\n", 'numbers[1]: unknown key "numbr"'),
     (
         "number-hook",
@@ -566,7 +733,7 @@ BAD_CONFIGS = [
         'numbers[2].webhooks: unknown webhook "crm2"',
     ),
     ("number-hooks-empty", MINIMAL + "webhooks = []\n", "numbers[0].webhooks: is empty"),
-    ("from", MINIMAL + 'from = "abc"\n', "numbers[0].from: 'abc' is not a phone number"),
+    ("from", MINIMAL + 'from = "abc"\n', "numbers[0].from: a phone number has no letters"),
     ("number-interval", MINIMAL + 'interval = "1ms"\n', "numbers[0].interval: must be at least"),
     ("hook-name", API + HOOK.replace('"crm"', '"c r m"'), 'webhooks[0].name: "c r m" is not'),
     ("hook-dup", API + HOOK + HOOK, 'webhooks[1].name: "crm" is already used by webhooks[0]'),
@@ -609,6 +776,21 @@ BAD_CONFIGS = [
         "header-type",
         API + HOOK + 'headers = { "X-N" = 5 }\n',
         "webhooks[0].headers.X-N: expected a",
+    ),
+    (
+        "header-name",
+        API + HOOK + f'headers = {{ "X Key" = "{HEADER_SECRET}" }}\n',
+        "webhooks[0].headers.X Key: is not letters, digits",
+    ),
+    (
+        "header-dup",
+        API + HOOK + f'headers = {{ "X-Key" = "1", "x-key" = "{HEADER_SECRET}" }}\n',
+        "webhooks[0].headers.x-key: is already set by webhooks[0].headers.X-Key",
+    ),
+    (
+        "header-value",
+        API + HOOK + f'headers = {{ "X-Key" = "{HEADER_SECRET}\\n" }}\n',
+        "webhooks[0].headers.X-Key: has a value that is not printable ASCII",
     ),
     ("hook-key", API + HOOK + 'sekret = "x"\n', 'webhooks[0]: unknown key "sekret"'),
     ("log-level", API + '[log]\nlevel = "loud"\n', 'log.level: "loud" is not one of debug, info'),

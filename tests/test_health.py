@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.clock import FakeClock
 from relay.health import HealthApp, NumberHealth, number_reason
 from relay.httpserver import HttpServer, Request, Response, json_response
-from relay.metrics import POLL_OK, Metrics
+from relay.metrics import POLL_OK, Metrics, number_label
 
 pytestmark = pytest.mark.anyio
 
@@ -187,7 +187,7 @@ async def test_metrics_are_served_in_prometheus_text(served: Served) -> None:
         for family in text_string_to_metric_families(response.text)
         for s in family.samples
     }
-    assert samples[("aatrox_relay_polls_total", NUMBER)] == 1
+    assert samples[("aatrox_relay_polls_total", number_label(NUMBER))] == 1
 
 
 async def test_metrics_is_absent_without_metrics() -> None:

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay import logs
 from relay.clock import FakeClock
-from relay.metrics import DEAD, DELIVERED, FAILED, POLL_OK, RETRY, SENT, Metrics
+from relay.metrics import (
+    DEAD,
+    DELIVERED,
+    FAILED,
+    NUMBER_HASH_CHARS,
+    POLL_OK,
+    RETRY,
+    SENT,
+    Metrics,
+    number_label,
+)
 
 NUMBER = "+61400000001"
 OTHER = "+61400000002"
+#: Their labels without log.pii: masked, and a short hash.
+LABEL = number_label(NUMBER, pii=False)
+OTHER_LABEL = number_label(OTHER, pii=False)
 AGE = "aatrox_relay_last_successful_poll_age_seconds"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -53,9 +69,9 @@ def test_polls_are_counted_by_number_and_outcome(metrics: Metrics) -> None:
     metrics.poll(NUMBER, "unauthorized")
     metrics.poll(OTHER, POLL_OK)
     s = scrape(metrics)
-    assert value(s, "aatrox_relay_polls_total", number=NUMBER, outcome="ok") == 2
-    assert value(s, "aatrox_relay_polls_total", number=NUMBER, outcome="unauthorized") == 1
-    assert value(s, "aatrox_relay_polls_total", number=OTHER, outcome="ok") == 1
+    assert value(s, "aatrox_relay_polls_total", number=LABEL, outcome="ok") == 2
+    assert value(s, "aatrox_relay_polls_total", number=LABEL, outcome="unauthorized") == 1
+    assert value(s, "aatrox_relay_polls_total", number=OTHER_LABEL, outcome="ok") == 1
 
 
 def test_received_messages_are_counted_by_number(metrics: Metrics) -> None:
@@ -64,8 +80,8 @@ def test_received_messages_are_counted_by_number(metrics: Metrics) -> None:
     metrics.received(NUMBER)
     metrics.received(OTHER, 0)
     s = scrape(metrics)
-    assert value(s, "aatrox_relay_messages_received_total", number=NUMBER) == 4
-    assert value(s, "aatrox_relay_messages_received_total", number=OTHER) == 0
+    assert value(s, "aatrox_relay_messages_received_total", number=LABEL) == 4
+    assert value(s, "aatrox_relay_messages_received_total", number=OTHER_LABEL) == 0
 
 
 def test_deliveries_count_outcomes_and_observe_latency(metrics: Metrics) -> None:
@@ -128,14 +144,14 @@ def test_poll_age_is_computed_when_scraped(metrics: Metrics, clock: FakeClock) -
     metrics.polled_ok(OTHER, clock.monotonic())
     clock.advance(3)
     s = scrape(metrics)
-    assert value(s, AGE, number=NUMBER) == 7
-    assert value(s, AGE, number=OTHER) == 3
+    assert value(s, AGE, number=LABEL) == 7
+    assert value(s, AGE, number=OTHER_LABEL) == 3
     clock.advance(10)
     later = scrape(metrics)
-    assert value(later, AGE, number=NUMBER) == 17
+    assert value(later, AGE, number=LABEL) == 17
     metrics.polled_ok(NUMBER, clock.monotonic())
     fresh = scrape(metrics)
-    assert value(fresh, AGE, number=NUMBER) == 0
+    assert value(fresh, AGE, number=LABEL) == 0
 
 
 def test_poll_age_ignores_an_older_report(metrics: Metrics, clock: FakeClock) -> None:
@@ -143,7 +159,7 @@ def test_poll_age_ignores_an_older_report(metrics: Metrics, clock: FakeClock) ->
     metrics.polled_ok(NUMBER, clock.monotonic())
     metrics.polled_ok(NUMBER, clock.monotonic() - 60)
     clock.advance(1)
-    assert value(scrape(metrics), AGE, number=NUMBER) == 1
+    assert value(scrape(metrics), AGE, number=LABEL) == 1
 
 
 def test_a_number_never_polled_ok_has_no_poll_age(metrics: Metrics) -> None:
@@ -168,7 +184,7 @@ def test_each_metrics_has_its_own_registry() -> None:
     """Two Metrics never share series, and nothing lands in prometheus_client's global registry."""
     one, two = Metrics(process=False), Metrics(process=False)
     one.poll(NUMBER, POLL_OK)
-    assert ("aatrox_relay_polls_total", frozenset({("number", NUMBER), ("outcome", "ok")})) in (
+    assert ("aatrox_relay_polls_total", frozenset({("number", LABEL), ("outcome", "ok")})) in (
         scrape(one)
     )
     assert "aatrox_relay_polls_total" not in {name for name, _ in scrape(two)}
@@ -193,3 +209,74 @@ def test_render_speaks_openmetrics_when_asked(metrics: Metrics) -> None:
     plain, plain_type = metrics.render()
     assert plain_type == "text/plain; version=0.0.4; charset=utf-8"
     assert b"# EOF" not in plain
+
+
+@pytest.fixture
+def pii() -> Iterator[None]:
+    """``log.pii = true`` for the test, as ``logs.setup`` sets it; the logging set-up is
+    put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.setup("info", pii=True)
+    try:
+        yield
+    finally:
+        logs.setup("info", pii=False)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_number_labels_are_masked_like_the_logs(metrics: Metrics, clock: FakeClock) -> None:
+    """Without log.pii no series shows a number in full: each is masked as the logs mask
+    it, with a short hash after it."""
+    metrics.poll(NUMBER, POLL_OK)
+    metrics.received(NUMBER, 2)
+    metrics.gap(NUMBER)
+    metrics.unresolved(NUMBER, 1)
+    metrics.polled_ok(NUMBER, clock.monotonic())
+    body, _ = metrics.render()
+    assert NUMBER.encode() not in body and NUMBER[1:].encode() not in body
+    assert LABEL.startswith(logs.number(NUMBER) + "-")
+    assert len(LABEL) == len(logs.number(NUMBER)) + 1 + NUMBER_HASH_CHARS
+    s = scrape(metrics)
+    for name in (
+        "aatrox_relay_messages_received_total",
+        "aatrox_relay_poll_gaps_total",
+        "aatrox_relay_messages_unresolved_total",
+        AGE,
+    ):
+        assert value(s, name, number=LABEL) >= 0
+    assert value(s, "aatrox_relay_polls_total", number=LABEL, outcome="ok") == 1
+
+
+@pytest.mark.usefixtures("pii")
+def test_number_labels_are_full_with_log_pii(metrics: Metrics) -> None:
+    """With log.pii = true the label is the number itself, as in the logs."""
+    metrics.poll(NUMBER, POLL_OK)
+    assert value(scrape(metrics), "aatrox_relay_polls_total", number=NUMBER, outcome="ok") == 1
+
+
+def test_numbers_ending_alike_keep_distinct_labels(metrics: Metrics) -> None:
+    """Numbers with the same last three digits get different labels, even when their
+    short hashes are the same too: the later one gets more hash digits."""
+    first = "+61411111001"
+    twin = next(
+        candidate
+        for candidate in (f"+614{i:05d}001" for i in range(100_000))
+        if candidate != first
+        and number_label(candidate, pii=False) == number_label(first, pii=False)
+    )
+    metrics.poll(first, POLL_OK)
+    metrics.poll(twin, POLL_OK)
+    metrics.poll(NUMBER, POLL_OK)
+    metrics.poll(first, POLL_OK)
+    polls = {
+        dict(labels)["number"]: v
+        for (name, labels), v in scrape(metrics).items()
+        if name == "aatrox_relay_polls_total"
+    }
+    assert polls == {
+        number_label(first, pii=False): 2,
+        number_label(twin, pii=False, chars=2 * NUMBER_HASH_CHARS): 1,
+        LABEL: 1,
+    }

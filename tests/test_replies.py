@@ -131,7 +131,7 @@ async def test_a_non_reply_answer_sends_nothing(
     assert sim.sent == []
 
 
-@pytest.mark.parametrize("sender", ["Telstra", "1234"])
+@pytest.mark.parametrize("sender", ["Telstra", "1234", "+61412345678999"])
 async def test_no_reply_to_a_sender_that_is_not_a_phone_number(
     sim: Simulator, receiver: WebhookReceiver, sqlite_url: str, sender: str
 ) -> None:

@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import sentry_sdk
 
-from relay import sentry
+from relay import redact, sentry
 from relay.clock import FakeClock
 from relay.config import SentryConfig
 from relay.httpserver import HttpServer
+from relay.receiver import WebhookReceiver
 from relay.sentry import Alerts, Heartbeats, scrub_event, scrub_secret, scrub_text
 from tests.support import (
     UNUSED_DSN,
@@ -23,6 +25,7 @@ from tests.support import (
     RecordingTransport,
     parse_envelope,
     recording_sentry,
+    relay_config,
 )
 
 TOKEN = "tok-7d1e5a9c3b2f4e6a8c0d"
@@ -331,3 +334,62 @@ async def test_events_reach_a_dsn_over_http_scrubbed(fake_sentry: tuple[FakeSent
     everything = b"".join(ingest.envelopes)
     assert TOKEN.encode() not in everything
     assert NUMBER.encode() not in everything
+
+
+#: Secrets in a webhook's URL, unique to these tests (the registry lives as long as the process).
+PATH_SECRET = "PATHSECRET987-sentry"
+QUERY_SECRET = "QUERYSECRET654-sentry"
+
+
+def _hook_url(receiver: WebhookReceiver, tag: str) -> str:
+    """A webhook URL on ``receiver`` with secrets in its path and query."""
+    return f"{receiver.url}/hooks/catch/{PATH_SECRET}{tag}/?sig={QUERY_SECRET}{tag}"
+
+
+@pytest.mark.anyio
+async def test_http_breadcrumbs_name_the_webhook_not_its_url(
+    receiver: WebhookReceiver, transport: RecordingTransport
+) -> None:
+    """httpx's request breadcrumbs show a configured webhook as its name and any other URL
+    as its origin: no path or query of a configured URL reaches Sentry."""
+    url = _hook_url(receiver, "-crumb")
+    redact.register(relay_config("http://127.0.0.1:9", url, "sqlite:///unused.db"))
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(url, content=b"{}")).status_code == 204
+        other = f"{receiver.url}/elsewhere/{PATH_SECRET}-crumb?to={SENDER}"
+        assert (await client.get(other)).status_code == 204
+    Alerts().problem("webhook_dead:hook", "deliveries to hook are dead")
+    (event,) = transport.items("event")
+    http = [c for c in event["breadcrumbs"]["values"] if c.get("category") == "httplib"]
+    assert [c["data"]["url"] for c in http] == ["webhook:hook", f"{receiver.url}/[Filtered]"]
+    assert [c["data"]["http.query"] for c in http] == ["[Filtered]", "[Filtered]"]
+    sent = transport.everything().decode()
+    assert PATH_SECRET not in sent
+    assert QUERY_SECRET not in sent
+    assert SENDER not in sent and SENDER[1:] not in sent
+
+
+@pytest.mark.anyio
+async def test_http_spans_name_the_webhook_not_its_url(receiver: WebhookReceiver) -> None:
+    """With tracing on, httpx's spans show a configured webhook as its name in their
+    description and data, never its URL's path or query."""
+    url = _hook_url(receiver, "-span")
+    redact.register(relay_config("http://127.0.0.1:9", url, "sqlite:///unused.db"))
+    recording = RecordingTransport()
+    config = SentryConfig(dsn=UNUSED_DSN, traces_sample_rate=1.0)
+    sentry.setup(config, version="9.9.9", transport=recording)
+    try:
+        with sentry_sdk.start_transaction(name="deliver"):
+            async with httpx.AsyncClient() as client:
+                await client.post(url, content=b"{}")
+    finally:
+        sentry.close()
+        for scope in (sentry_sdk.get_isolation_scope(), sentry_sdk.get_current_scope()):
+            scope.clear()
+    (transaction,) = recording.items("transaction")
+    (span,) = [s for s in transaction["spans"] if s["op"] == "http.client"]
+    assert span["description"] == "POST webhook:hook"
+    assert span["data"]["url"] == "webhook:hook"
+    sent = recording.everything().decode()
+    assert PATH_SECRET not in sent
+    assert QUERY_SECRET not in sent

@@ -25,6 +25,7 @@ from tests.support import (
     cli,
     write_config,
 )
+from tests.test_numbers import SPELLINGS, WRONG_NUMBERS
 
 pytestmark = pytest.mark.anyio
 
@@ -247,3 +248,38 @@ async def test_send_endpoint(peers: tuple[Simulator, WebhookReceiver], tmp_path:
     assert [(s.endpoint, s.sender, list(s.recipients), s.text) for s in sim.sent] == [
         ("send", NUMBERS[0], ["+61412345678"], "Your table is ready")
     ]
+
+
+async def test_send_endpoint_refuses_wrong_numbers(
+    peers: tuple[Simulator, WebhookReceiver], tmp_path: Path
+) -> None:
+    """POST /v1/send with a wrong number at "from", "to" or in a "to" list: 400 naming
+    the field and nothing sent; the usual spellings of a valid number are sent as E.164."""
+    sim, receiver = peers
+    relay = RelayProcess(_config(tmp_path, sim, receiver))
+    await relay.start()
+    url = await _listening(relay)
+    body = {"from": NUMBERS[0], "to": "0412345678", "text": "Your table is ready"}
+    auth = {"Authorization": f"Bearer {SEND_TOKEN}"}
+    async with httpx.AsyncClient(base_url=url, headers=auth) as http:
+        for wrong, reason in WRONG_NUMBERS.items():
+            for field, change in [
+                ('"from"', {"from": wrong}),
+                ('"to"', {"to": wrong}),
+                ('"to"[1]', {"to": ["0412345679", wrong]}),
+            ]:
+                answer = await http.post("/v1/send", json={**body, **change})
+                assert answer.status_code == 400, (field, wrong)
+                error = answer.json()["error"]
+                assert error.startswith(f"{field}: ") and reason in error and wrong not in error
+        for spelling in SPELLINGS:
+            answer = await http.post("/v1/send", json={**body, "to": spelling})
+            assert answer.status_code == 202, answer.text
+    for _ in range(200):
+        if len(sim.sent) >= len(SPELLINGS):
+            break
+        await asyncio.sleep(0.05)
+    assert await relay.terminate() == 0
+    assert [(s.sender, list(s.recipients)) for s in sim.sent] == [
+        (NUMBERS[0], ["+61412345678"])
+    ] * len(SPELLINGS)

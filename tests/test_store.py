@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
+import stat
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from relay.clock import FakeClock
+from relay.daemon import InstanceLock
 from relay.inbound import InboundMessage
-from relay.schema import DEAD, DELIVERED, PENDING, deliveries, messages
+from relay.outbox import queue_send, record
+from relay.schema import (
+    DEAD,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    SENT,
+    UNKNOWN,
+    deliveries,
+    messages,
+    outbound,
+)
 from relay.store import (
     Outcome,
+    Pruned,
     Reply,
     Store,
     webhook_id,
@@ -267,3 +285,101 @@ def test_poll_state_round_trips(store: Store) -> None:
     assert (loaded.longest_listing, loaded.gap_since, loaded.gaps) == (1000, T0, 3)
     store.save_poll_states([{**row, "gap_since": None}])
     assert store.load_numbers([NUMBER])[NUMBER].gap_since is None
+
+
+def test_prune_deletes_settled_outbound_sms(store: Store, clock: FakeClock) -> None:
+    """Retention deletes outbound SMS sent, failed or unknown before the horizon, keeps
+    pending and recent ones, and a kept reply whose delivery goes loses only the link."""
+    store.record(NUMBER, [msg(1), msg(2)], lambda _m: ("a",))
+    d1, d2 = store.claim("a", 10)
+    reply = Reply(NUMBER, "+61412345678", "Thanks!")
+    store.save_outcomes(
+        [
+            Outcome(d1.id, clock.now(), DELIVERED, status=200, reply=reply),
+            Outcome(d2.id, clock.now(), DELIVERED, status=200, reply=reply),
+        ]
+    )
+    with store.engine.connect() as conn:
+        sent_reply, pending_reply = conn.scalars(sa.select(outbound.c.id).order_by(outbound.c.id))
+    record(store, sent_reply, state=SENT, last_attempt_at=clock.now(), sent_at=clock.now())
+    old = {}
+    for state in (SENT, FAILED, UNKNOWN, PENDING):
+        old[state] = queue_send(store, NUMBER, ["+61412345678"], f"old {state}")
+        record(store, old[state], state=state, last_attempt_at=clock.now())
+    clock.advance(2 * 86400)
+    recent = queue_send(store, NUMBER, ["+61412345678"], "recent")
+    record(store, recent, state=SENT, last_attempt_at=clock.now(), sent_at=clock.now())
+
+    pruned = store.apply_retention(86400)
+
+    assert pruned == Pruned(messages=2, outbound=4)
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(outbound.c.id, outbound.c.delivery_id))
+        left = {row.id: row.delivery_id for row in rows}
+    assert left == {pending_reply: None, old[PENDING]: None, recent: None}
+
+
+@pytest.fixture
+def wide_umask() -> Iterator[None]:
+    """The umask of a shell outside systemd (022): files are created world-readable."""
+    before = os.umask(0o022)
+    yield
+    os.umask(before)
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    """The permission bits of every file in ``directory``, by name."""
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+
+
+@pytest.mark.usefixtures("wide_umask")
+def test_a_new_sqlite_store_is_private(tmp_path: Path, clock: FakeClock) -> None:
+    """Under umask 022 the database, its -wal and -shm are created 0600, and stay so
+    when the store is opened again."""
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    for _ in range(2):
+        store = Store.open(url, clock)
+        store.record(NUMBER, [msg(1)], both)
+        modes = _modes(tmp_path)
+        assert set(modes) == {"relay.db", "relay.db-wal", "relay.db-shm"}
+        assert set(modes.values()) == {0o600}, {name: oct(m) for name, m in modes.items()}
+        store.close()
+
+
+@pytest.mark.usefixtures("wide_umask")
+def test_a_readable_sqlite_store_is_tightened_with_a_warning(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store left 0644 by an older relay, its -wal and -shm too, is made 0600 on open,
+    with one relay.store.permissions_tightened warning per file."""
+    db = tmp_path / "relay.db"
+    older = sqlite3.connect(db)  # kept open, so its -wal and -shm stay on disk
+    older.execute("PRAGMA journal_mode=WAL")
+    older.execute("CREATE TABLE t (x)")
+    older.commit()
+    assert set(_modes(tmp_path).values()) == {0o644}
+    try:
+        with caplog.at_level(logging.WARNING, logger="relay.store"):
+            Store.open(f"sqlite:///{db}", clock).close()
+    finally:
+        older.close()
+    tightened = [
+        Path(r.__dict__["relay_fields"]["path"]).name
+        for r in caplog.records
+        if r.getMessage() == "relay.store.permissions_tightened"
+    ]
+    assert sorted(tightened) == ["relay.db", "relay.db-shm", "relay.db-wal"]
+    assert set(_modes(tmp_path).values()) <= {0o600}
+
+
+@pytest.mark.usefixtures("wide_umask")
+def test_the_instance_lock_is_private(tmp_path: Path) -> None:
+    """The lock file beside a SQLite store is created 0600, and tightened if it was not."""
+    lock = InstanceLock(tmp_path / "relay.db")
+    lock.acquire()
+    lock.release()
+    assert _modes(tmp_path) == {"relay.db.lock": 0o600}
+    os.chmod(tmp_path / "relay.db.lock", 0o644)
+    lock.acquire()
+    lock.release()
+    assert _modes(tmp_path) == {"relay.db.lock": 0o600}
