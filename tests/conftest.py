@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,12 @@ def anyio_backend() -> str:
 def clock() -> FakeClock:
     """A clock that moves only when a test says so."""
     return FakeClock()
+
+
+@pytest.fixture
+def now_clock() -> FakeClock:
+    """A fake clock starting at the real time, so signature timestamps look fresh."""
+    return FakeClock(datetime.now(timezone.utc).replace(microsecond=0))
 
 
 @pytest.fixture

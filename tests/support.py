@@ -292,3 +292,19 @@ def recording_sentry() -> Iterator[RecordingTransport]:
         for scope in (sentry_sdk.get_isolation_scope(), sentry_sdk.get_current_scope()):
             scope.clear()
         sentry_sdk.get_global_scope().set_client(None)  # inactive again for later tests
+
+
+def webhook_config(url: str, **overrides: object) -> WebhookConfig:
+    """Webhook ``a`` at ``url`` signed with KEY: 2 s timeout, retries from 5 s to 60 s,
+    given up after 600 s; ``overrides`` replace any field."""
+    values: dict[str, object] = {
+        "name": "a",
+        "url": url,
+        "secret": KEY,
+        "timeout": 2.0,
+        "retry_initial": 5.0,
+        "retry_max": 60.0,
+        "give_up_after": 600.0,
+    }
+    values.update(overrides)
+    return WebhookConfig(**values)  # type: ignore[arg-type]

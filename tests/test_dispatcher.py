@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -18,18 +17,11 @@ from relay.inbound import InboundMessage
 from relay.receiver import Rule, WebhookReceiver
 from relay.retry import NoJitter
 from relay.store import DEAD, DELIVERED, PENDING, AsyncStore, Store
+from tests.support import KEY, SECRET, webhook_config
 
 pytestmark = pytest.mark.anyio
 
 NUMBER = "+61400000001"
-KEY = b"0123456789abcdef0123456789abcdef"
-SECRET = "whsec_" + base64.b64encode(KEY).decode()
-
-
-@pytest.fixture
-def now_clock() -> FakeClock:
-    """A fake clock starting at the real time, so signature timestamps look fresh."""
-    return FakeClock(datetime.now(timezone.utc).replace(microsecond=0))
 
 
 @pytest.fixture
@@ -41,20 +33,8 @@ def store(sqlite_url: str, now_clock: FakeClock) -> Iterator[AsyncStore]:
 
 
 def hook(url: str, **overrides: object) -> WebhookConfig:
-    """A webhook config with quick timeouts."""
-    values: dict[str, object] = {
-        "name": "a",
-        "url": url,
-        "secret": KEY,
-        "timeout": 2.0,
-        "retry_initial": 5.0,
-        "retry_max": 60.0,
-        "give_up_after": 600.0,
-        "concurrency": 4,
-        "headers": (("X-Api-Key", "k1"),),
-    }
-    values.update(overrides)
-    return WebhookConfig(**values)  # type: ignore[arg-type]
+    """A webhook config with quick timeouts. Concurrency 4 and an extra header."""
+    return webhook_config(url, **{"concurrency": 4, "headers": (("X-Api-Key", "k1"),), **overrides})
 
 
 def queue(store: AsyncStore, count: int, hooks: tuple[str, ...] = ("a",), text: str = "hi") -> None:

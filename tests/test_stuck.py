@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -29,7 +29,7 @@ from relay.retry import NoJitter
 from relay.schema import DELIVERED, PENDING, UNKNOWN, deliveries, outbound
 from relay.simulator import Simulator
 from relay.store import AsyncStore, DueDelivery, Store
-from tests.support import NUMBERS, SENDER, relay_config
+from tests.support import NUMBERS, SENDER, relay_config, webhook_config
 
 pytestmark = pytest.mark.anyio
 
@@ -57,12 +57,6 @@ class Recorded(Events):
 
 
 @pytest.fixture
-def now_clock() -> FakeClock:
-    """A fake clock at the real time, so signature timestamps look fresh."""
-    return FakeClock(datetime.now(timezone.utc).replace(microsecond=0))
-
-
-@pytest.fixture
 def store(store_url: str, now_clock: FakeClock) -> Iterator[AsyncStore]:
     """A migrated store on SQLite and on PostgreSQL, on the fake clock."""
     s = AsyncStore(Store.open(store_url, now_clock))
@@ -72,17 +66,7 @@ def store(store_url: str, now_clock: FakeClock) -> Iterator[AsyncStore]:
 
 def hook(url: str, **overrides: object) -> WebhookConfig:
     """A webhook with a 5 s first retry and a 600 s give-up window."""
-    values: dict[str, object] = {
-        "name": "a",
-        "url": url,
-        "secret": KEY,
-        "timeout": 2.0,
-        "retry_initial": 5.0,
-        "retry_max": 60.0,
-        "give_up_after": 600.0,
-    }
-    values.update(overrides)
-    return WebhookConfig(**values)  # type: ignore[arg-type]
+    return webhook_config(url, **overrides)
 
 
 def queue_one(store: AsyncStore) -> None:
