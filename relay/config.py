@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from relay.errors import ConfigError, InvalidNumber
-from relay.phone import is_region, valid_number
+from relay.phone import is_region, mask, valid_number
 from relay.signing import decode_secret
 
 if sys.version_info >= (3, 11):
@@ -730,7 +730,7 @@ def _parse_numbers(
         if number is None:
             entry.fail("number", "is required")
         if number in seen:
-            entry.fail("number", f"{number} is already configured at {seen[number]}")
+            entry.fail("number", f"{mask(number)} is already configured at {seen[number]}")
         seen[number] = entry.key
         names = entry.get("webhooks", list, "an array of strings", list(webhooks))
         if not names:

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import sqlalchemy as sa
-
 from relay import __version__, logs, redact
 from relay.api import AatroxClient
 from relay.clock import Clock, SystemClock
@@ -32,7 +30,7 @@ from relay.outbox import Outbox
 from relay.poller import Poller, PollResult
 from relay.retry import Jitter
 from relay.scheduler import Scheduler
-from relay.store import AsyncStore, Store, private_file
+from relay.store import AsyncStore, Store, private_file, sqlite_file
 
 log = logging.getLogger("relay")
 
@@ -52,14 +50,6 @@ class RoundSummary:
     def failed(self) -> int:
         """Polls that failed."""
         return sum(1 for p in self.polls if p.error)
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for other engines and in-memory databases."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
 
 
 class InstanceLock:
@@ -171,7 +161,7 @@ class Relay:
     async def open(self) -> None:
         """Take the store (lock, migrate), the API client, the webhooks."""
         config = self.config
-        db = sqlite_path(config.store.url)
+        db = sqlite_file(config.store.url)
         if db is not None:
             self._lock = InstanceLock(db)
             self._lock.acquire()

@@ -478,7 +478,7 @@ def test_spellings_of_one_number_are_one_number(tmp_path: Path, first: str, seco
         load_text(tmp_path, text)
 
     assert (
-        str(caught.value) == "numbers[1].number: +61412345678 is already configured at numbers[0]"
+        str(caught.value) == "numbers[1].number: *********678 is already configured at numbers[0]"
     )
 
 
