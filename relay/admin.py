@@ -239,7 +239,7 @@ def _gap(n: NumberStatus, now: datetime) -> str:
     """What ``status`` says of a number's gaps and unresolved messages."""
     parts = []
     if n.gap_since is not None:
-        parts.append(f"NOW since {ago(n.gap_since, now)}")
+        parts.append(f"began {ago(n.gap_since, now)}")
     if n.gaps:
         parts.append(f"{n.gaps} ever")
     if n.unresolved:

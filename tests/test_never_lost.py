@@ -202,6 +202,8 @@ async def test_a_listing_that_outran_the_relay_is_a_gap(
     assert len(gap_events) == 2  # one per episode: burst, then second burst
     assert NUMBER not in sentry_events.everything().decode()
     assert gapped.numbers[0].gaps == 2
+    assert "began " in admin.status_text(gapped)
+    assert "began " not in admin.status_text(closed)
     assert closed.numbers[0].gap_since is None
     assert "2 ever" in admin.status_text(closed)
     texts = {d["text"] for d in _delivered(receiver)}
