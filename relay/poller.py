@@ -434,7 +434,8 @@ class Poller:
         until the monotonic ``deadline``; the ones completed.
 
         A message whose details cannot be had now, or are still incomplete, is left out,
-        unrecorded, so a later poll tries it again (after a per-message backoff).
+        unrecorded, so a later poll tries it again (after a per-message backoff); one the
+        deadline cut off is simply due again at the next poll.
         """
         if not wanted:
             return []
@@ -444,9 +445,9 @@ class Poller:
         limit = asyncio.Semaphore(DETAILS_CONCURRENCY)
 
         async def fetch(message: InboundMessage) -> InboundMessage | None:
+            """The message completed, or None when its details failed or are incomplete;
+            cancelled at the deadline (deferred, not failed)."""
             async with limit:
-                if self.clock.monotonic() >= deadline:
-                    return None
                 try:
                     detail = await self.api.details(message.id, number=number)
                 except ApiError as exc:
@@ -467,22 +468,25 @@ class Poller:
         tasks = [asyncio.ensure_future(fetch(m)) for m in due]
         completed: list[InboundMessage] = []
         done: set[asyncio.Future[InboundMessage | None]] = set()
-        pending: set[asyncio.Future[InboundMessage | None]] = set()
         try:
             if tasks:
-                done, pending = await asyncio.wait(
+                done, _ = await asyncio.wait(
                     tasks, timeout=max(deadline - self.clock.monotonic(), 0.0)
                 )
         finally:
             for task in tasks:
                 task.cancel()
+        deferred = 0
         for message, task in zip(due, tasks, strict=True):
-            crash = task.exception() if task in done and not task.cancelled() else None
+            state.incomplete.setdefault(message.id, Incomplete(message.received_at))
+            if task not in done or task.cancelled():
+                deferred += 1  # the poll's time ran out first: due again next poll
+                continue
+            crash = task.exception()
             if crash is not None:  # a bug: report it; the message is tried again later
                 log.error("relay.poll.details_crashed", extra=fields(error=_describe(crash)))
                 self.events.unexpected(crash)
-            ok = task in done and not task.cancelled() and crash is None
-            result = task.result() if ok else None
+            result = task.result() if crash is None else None
             if result is not None:
                 state.incomplete.pop(message.id, None)
                 completed.append(result)
@@ -491,10 +495,10 @@ class Poller:
         for message in wanted:  # not due yet: still waiting
             state.incomplete.setdefault(message.id, Incomplete(message.received_at))
         self._report_unresolved(state)
-        if pending:
+        if deferred:
             log.warning(
                 "relay.poll.details_deferred",
-                extra=fields(number=shown(number), completed=len(completed), left=len(pending)),
+                extra=fields(number=shown(number), completed=len(completed), left=deferred),
             )
         return completed
 

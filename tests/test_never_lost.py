@@ -202,8 +202,10 @@ async def test_a_listing_that_outran_the_relay_is_a_gap(
     assert len(gap_events) == 2  # one per episode: burst, then second burst
     assert NUMBER not in sentry_events.everything().decode()
     assert gapped.numbers[0].gaps == 2
-    assert "began " in admin.status_text(gapped)
     assert "began " not in admin.status_text(closed)
+    open_gap = dataclasses.replace(closed.numbers[0], gap_since=closed.now - timedelta(seconds=3))
+    shown = admin.status_text(dataclasses.replace(closed, numbers=(open_gap,)))
+    assert "began 3s ago, 2 ever" in shown
     assert closed.numbers[0].gap_since is None
     assert "2 ever" in admin.status_text(closed)
     texts = {d["text"] for d in _delivered(receiver)}
