@@ -61,8 +61,10 @@ SEEN_CACHE_MIN = 2048
 DETAILS_CONCURRENCY = 8
 #: How long the details of one poll may take, in API timeouts (the listing took one).
 DETAILS_TIMEOUTS = 2
-#: A message whose details failed is tried again after its number's interval, doubling
-#: with each failure up to this many seconds.
+#: A message whose details failed is tried again at every poll this many times (it may
+#: leave the listing soon), then after its number's interval, doubling with each further
+#: failure up to :data:`DETAILS_RETRY_MAX` seconds.
+DETAILS_EAGER_RETRIES = 3
 DETAILS_RETRY_MAX = 300.0
 #: A listed message still incomplete this long after the provider received it is
 #: reported once (log, metric, ``status``); it is still tried while it is listed.
@@ -434,14 +436,16 @@ class Poller:
         until the monotonic ``deadline``; the ones completed.
 
         A message whose details cannot be had now, or are still incomplete, is left out,
-        unrecorded, so a later poll tries it again (after a per-message backoff); one the
-        deadline cut off is simply due again at the next poll.
+        unrecorded, so later polls try it again (at once a few times, then backing off);
+        one the deadline cut off is simply due again at the next poll. Oldest go first.
         """
         if not wanted:
             return []
         number = state.config.number
         now = self.clock.monotonic()
         due = [m for m in wanted if state.incomplete.get(m.id, _NEVER).retry_at <= now]
+        # Oldest first: the oldest are the first to leave the listing.
+        due.sort(key=lambda m: m.received_at)
         limit = asyncio.Semaphore(DETAILS_CONCURRENCY)
 
         async def fetch(message: InboundMessage) -> InboundMessage | None:
@@ -505,8 +509,10 @@ class Poller:
     def _details_failed(self, state: NumberState, message: InboundMessage) -> None:
         entry = state.incomplete.setdefault(message.id, Incomplete(message.received_at))
         entry.failures += 1
-        delay = min(state.config.interval * 2 ** (entry.failures - 1), DETAILS_RETRY_MAX)
-        entry.retry_at = self.clock.monotonic() + delay
+        backoffs = entry.failures - DETAILS_EAGER_RETRIES
+        if backoffs > 0:
+            delay = min(state.config.interval * 2 ** (backoffs - 1), DETAILS_RETRY_MAX)
+            entry.retry_at = self.clock.monotonic() + delay
 
     def _report_unresolved(self, state: NumberState) -> None:
         """Report, once each, the messages still incomplete :data:`DETAILS_GIVE_UP` after

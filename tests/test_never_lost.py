@@ -17,7 +17,7 @@ from relay.clock import FakeClock
 from relay.config import Backfill, Config
 from relay.daemon import Relay
 from relay.metrics import Metrics, number_label
-from relay.poller import DETAILS_GIVE_UP
+from relay.poller import DETAILS_EAGER_RETRIES, DETAILS_GIVE_UP
 from relay.receiver import Rule, WebhookReceiver
 from relay.schema import messages
 from relay.sentry import Alerts
@@ -85,26 +85,30 @@ async def test_half_complete_listings_deliver_every_message_once(
 async def test_details_that_fail_leave_the_message_for_a_later_poll(
     fake_sim: Simulator, clock: FakeClock, receiver: WebhookReceiver, sqlite_url: str
 ) -> None:
-    """A message whose details answer 500 stays unrecorded and is tried again, backing off;
-    once the details answer it is delivered, once."""
+    """A message whose details answer 500 stays unrecorded and is tried again at every
+    poll a few times (it may leave the listing soon), then backing off; once the details
+    answer it is delivered, once."""
     sim = fake_sim
     sim.wire = WireFormat(listing="id_only")
     config = _one_number(sim, receiver, sqlite_url, interval=1.0)
     async with Relay(config, clock=clock) as relay:
         await relay.poll_once()
         message = sim.inject(SENDER, NUMBER, "later")
-        sim.add_fault(Fault(status=500, path=f"/api/v2/sms/{message.id}", count=2))
-        first = await relay.poll_once()
-        assert first.polls[0].incomplete == 1
+        failures = DETAILS_EAGER_RETRIES + 2
+        sim.add_fault(Fault(status=500, path=f"/api/v2/sms/{message.id}", count=failures))
+        for attempt in range(1, DETAILS_EAGER_RETRIES + 2):  # the first try and the eager ones
+            result = await relay.poll_once()
+            assert result.polls[0].incomplete == 1
+            assert sim.requests["details"] == attempt
         assert not receiver.deliveries
-        await relay.poll_once()  # backing off: its details are not asked for again yet
-        assert sim.requests["details"] == 1
+        await relay.poll_once()  # backing off now: not asked again yet
+        assert sim.requests["details"] == DETAILS_EAGER_RETRIES + 1
         clock.advance(1.0)
-        await relay.poll_once()  # second failure
-        assert sim.requests["details"] == 2
+        await relay.poll_once()  # the last failure; next try after 2 s
+        assert sim.requests["details"] == failures
         clock.advance(1.0)
-        await relay.poll_once()  # backing off 2 s now
-        assert sim.requests["details"] == 2
+        await relay.poll_once()
+        assert sim.requests["details"] == failures
         clock.advance(1.0)
         last = await relay.poll_once()
         assert last.polls[0].new == 1
