@@ -6,6 +6,7 @@ import asyncio
 import base64
 import gzip
 import json
+import logging
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ import sentry_sdk
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
-from relay import sentry
+from relay import logs, sentry
 from relay.config import (
     ApiConfig,
     Backfill,
@@ -308,3 +309,16 @@ def webhook_config(url: str, **overrides: object) -> WebhookConfig:
     }
     values.update(overrides)
     return WebhookConfig(**values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def kept_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level back after code that calls logs.setup."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        logs.setup("info", pii=False)
+        root.handlers[:] = handlers
+        root.setLevel(level)

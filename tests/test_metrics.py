@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 
@@ -23,6 +22,7 @@ from relay.metrics import (
     Metrics,
     number_label,
 )
+from tests.support import kept_logging
 
 NUMBER = "+61400000001"
 OTHER = "+61400000002"
@@ -215,15 +215,9 @@ def test_render_speaks_openmetrics_when_asked(metrics: Metrics) -> None:
 def pii() -> Iterator[None]:
     """``log.pii = true`` for the test, as ``logs.setup`` sets it; the logging set-up is
     put back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.setup("info", pii=True)
-    try:
+    with kept_logging():
+        logs.setup("info", pii=True)
         yield
-    finally:
-        logs.setup("info", pii=False)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def test_number_labels_are_masked_like_the_logs(metrics: Metrics, clock: FakeClock) -> None:

@@ -10,8 +10,7 @@ import json
 import logging
 import re
 import signal
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from tests.support import (
     TOKEN,
     FakeSentry,
     RelayProcess,
+    kept_logging,
     relay_config,
     write_config,
 )
@@ -275,19 +275,6 @@ async def test_a_reload_registers_the_new_secrets(
     assert redact.url_label(new_url) == "webhook:hook2"
     for secret in second.registered():
         assert redact.text(f"<{secret}>") == "<[Filtered]>", secret
-
-
-@contextmanager
-def kept_logging() -> Iterator[None]:
-    """Put the root logger's handlers and level back after code that calls logs.setup."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        logs.setup("info", pii=False)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def test_configured_urls_are_shown_as_labels() -> None:
