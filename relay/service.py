@@ -406,9 +406,7 @@ class Service:
     def _reloaded(self, ok: bool) -> None:
         assert self.relay is not None
         if ok:
-            self.config = self.relay.config
-            if self.config.api.token:
-                sentry.scrub_secret(self.config.api.token)
+            self.config = self.relay.config  # its secrets: redact.register in Relay.reload
         self.notifier.ready(self._summary(0) + ("" if ok else " (reload refused)"))
 
 
