@@ -1,0 +1,119 @@
+"""Parsing one ``[[webhooks]]`` entry: its name, URL, HMAC secret and extra headers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from relay.config.model import (
+    DEFAULT_GIVE_UP_AFTER,
+    DEFAULT_RETRY_INITIAL,
+    DEFAULT_RETRY_MAX,
+    DEFAULT_WEBHOOK_CONCURRENCY,
+    DEFAULT_WEBHOOK_TIMEOUT,
+    WebhookConfig,
+)
+from relay.config.tables import Table, show
+from relay.signing import decode_secret
+
+MAX_WEBHOOK_CONCURRENCY = 1000
+#: Headers the relay sets on every delivery, so ``webhooks.headers`` may not.
+RESERVED_HEADERS = frozenset(
+    ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature")
+)
+#: A header name: an HTTP token (RFC 9110).
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: A header value: visible ASCII, spaces and tabs (httpx sends header values as ASCII).
+_HEADER_VALUE_RE = re.compile(r"[\t -~]*")
+_WEBHOOK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_webhook(hook: Table, base: Path, seen: dict[str, str]) -> WebhookConfig:
+    """One [[webhooks]] entry; ``seen`` maps the names used so far to their keys."""
+    name = hook.text("name")
+    if not name:
+        hook.fail("name", "is required")
+    if not _WEBHOOK_NAME_RE.fullmatch(name):
+        hook.fail("name", f'{show(name)} is not letters, digits, "_", "." and "-"')
+    if name in seen:
+        hook.fail("name", f"{show(name)} is already used by {seen[name]}")
+    seen[name] = hook.key
+    retry_initial = hook.duration("retry_initial", DEFAULT_RETRY_INITIAL)
+    retry_max = hook.duration("retry_max", DEFAULT_RETRY_MAX)
+    if retry_max < retry_initial:
+        hook.fail("retry_max", f"must not be less than {hook.sub('retry_initial')}")
+    return WebhookConfig(
+        name=name,
+        url=hook.url("url", hook.text("url")),
+        secret=_webhook_secret(hook, base),
+        timeout=hook.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT),
+        retry_initial=retry_initial,
+        retry_max=retry_max,
+        give_up_after=hook.duration("give_up_after", DEFAULT_GIVE_UP_AFTER),
+        concurrency=hook.integer(
+            "concurrency", DEFAULT_WEBHOOK_CONCURRENCY, 1, MAX_WEBHOOK_CONCURRENCY
+        ),
+        headers=_webhook_headers(hook, base),
+    )
+
+
+def _webhook_headers(hook: Table, base: Path) -> tuple[tuple[str, str], ...]:
+    """``headers``, then the ``Name: value`` lines of ``headers_file`` (blank lines and
+    ``#`` comments skipped). Errors never show a value: every value is a secret."""
+    table = hook.table("headers")
+    found: dict[str, tuple[str, str, str]] = {}  # lower-case name -> (name, value, key)
+    for name in table.data:
+        value = table.get(name, str, "a string", "")
+        problem = _header_problem(name, value, found)
+        if problem:
+            table.fail(name, problem)
+        found[name.lower()] = (name, value, table.sub(name))
+    path = hook.path("headers_file", base)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path else []
+    except OSError as exc:
+        hook.fail("headers_file", f"cannot read {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        hook.fail("headers_file", f"{path} is not UTF-8 text")
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, colon, value = (part.strip() for part in line.partition(":"))
+        if not colon or not name:
+            hook.fail("headers_file", f'line {number} is not "Name: value"')
+        problem = _header_problem(name, value, found) or ("" if value else "has no value")
+        if problem:
+            shown = show(name) if _HEADER_NAME_RE.fullmatch(name) else "the header name"
+            hook.fail("headers_file", f"line {number}: {shown} {problem}")
+        found[name.lower()] = (name, value, f"{hook.sub('headers_file')} line {number}")
+    return tuple((name, value) for name, value, _key in found.values())
+
+
+def _header_problem(name: str, value: str, found: Mapping[str, tuple[str, str, str]]) -> str:
+    """What is wrong with header ``name`` given those ``found`` so far; "" when nothing.
+    Never shows the value."""
+    if not _HEADER_NAME_RE.fullmatch(name):
+        return "is not letters, digits and !#$%&'*+-.^_`|~"
+    if name.lower() in RESERVED_HEADERS:
+        return "is reserved: the relay sets it"
+    if name.lower() in found:
+        return f"is already set by {found[name.lower()][2]}"
+    if not _HEADER_VALUE_RE.fullmatch(value):
+        return "has a value that is not printable ASCII"
+    return ""
+
+
+def _webhook_secret(hook: Table, base: Path) -> bytes:
+    """The HMAC key from ``secret`` or ``secret_file``; messages never show the secret."""
+    if ("secret" in hook.data) == ("secret_file" in hook.data):
+        hook.fail("secret", f"set exactly one of {hook.sub('secret')} or {hook.sub('secret_file')}")
+    secret, path = hook.text("secret"), hook.path("secret_file", base)
+    try:
+        secret = path.read_text(encoding="utf-8") if path else secret
+    except (OSError, UnicodeDecodeError) as exc:
+        hook.fail("secret_file", f"cannot read {path}: {getattr(exc, 'strerror', '') or exc}")
+    try:
+        return decode_secret(secret)
+    except ValueError as exc:
+        hook.fail("secret" if path is None else "secret_file", str(exc))
