@@ -1,9 +1,9 @@
 """The bench's peers, in one process of their own: the API simulator and a webhook sink.
 
-``python -m bench.peers [--listing-limit N]`` starts a :class:`relay.simulator.Simulator`
-(counting the receive requests it serves) and a minimal webhook receiver on
-:mod:`relay.httpserver`, prints one JSON line ``{"api", "hook", "control", "token",
-"secret"}`` on stdout, and serves until stdin closes or SIGTERM.
+``python -m bench.peers [--listing-limit N]`` starts a
+:class:`relay.testing.simulator.Simulator` (counting the receive requests it serves) and a
+minimal webhook receiver on :mod:`relay.httpserver`, prints one JSON line ``{"api", "hook",
+"control", "token", "secret"}`` on stdout, and serves until stdin closes or SIGTERM.
 
 The receiver verifies each signature, records the first arrival of each message id
 (``data.id``) on :func:`time.monotonic` (one clock for every process of the machine),
@@ -34,7 +34,7 @@ import time
 from relay.errors import SignatureError
 from relay.httpserver import HttpServer, Request, Response, json_response
 from relay.signing import verify
-from relay.simulator import Simulator
+from relay.testing.simulator import Simulator
 
 TOKEN = "bench-token"
 KEY = b"bench-webhook-key-0123456789abcd"

@@ -104,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "poll-once":
         return asyncio.run(_poll_once(_load(args)))
     if command == "simulate":
-        from relay.simulator import serve
+        from relay.testing.simulator import serve
 
         logs.setup("info")
         asyncio.run(serve(args.port, args.token))
@@ -112,7 +112,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command in SHIPPED_FILES:
         return _print_shipped(SHIPPED_FILES[command][0])
     if command == "demo":
-        from relay.demo import demo
+        from relay.testing.demo import demo
 
         return asyncio.run(demo(args.seconds))
     if command in ADMIN_COMMANDS:

@@ -1,4 +1,4 @@
-"""Time, injected: the daemon uses :class:`SystemClock`, tests a :class:`FakeClock`."""
+"""Time, injected: the daemon uses :class:`SystemClock`, tests a ``relay.testing`` FakeClock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Coroutine
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -34,27 +34,6 @@ class SystemClock:
     def monotonic(self) -> float:
         """:func:`time.monotonic`."""
         return time.monotonic()
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
-        self._mono = 1000.0
-
-    def now(self) -> datetime:
-        """The fake current time."""
-        return self._now
-
-    def monotonic(self) -> float:
-        """The fake monotonic time."""
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        """Move both clocks forward."""
-        self._now += timedelta(seconds=seconds)
-        self._mono += seconds
 
 
 async def within(seconds: float, work: Coroutine[Any, Any, T]) -> T:

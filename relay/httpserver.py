@@ -1,5 +1,7 @@
 """A tiny asyncio HTTP/1.1 server for the simulator, the test receiver and health endpoints.
 
+Over 400 lines: a hand-written HTTP/1.1 server, kept whole until issue 12 replaces it by a library.
+
 Stdlib only: an :class:`asyncio.Protocol` with hand-written parsing, so that one core
 serves thousands of keep-alive requests a second. It speaks keep-alive and pipelining,
 reads Content-Length and chunked request bodies, and streams an async-iterator response
@@ -25,13 +27,11 @@ import json
 import logging
 import re
 import time
-from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 from types import TracebackType
-from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 log = logging.getLogger(__name__)
@@ -837,53 +837,6 @@ class HttpServer:
                 conn.close_if_idle(now, self.idle_timeout)
 
     async def __aenter__(self) -> HttpServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-ServedT = TypeVar("ServedT", bound="Served")
-
-
-class Served(ABC):
-    """Something that answers HTTP on its own loopback server (the simulator, the
-    webhook receiver): ``async with Thing() as t: t.url``."""
-
-    _server: HttpServer | None = None
-
-    @abstractmethod
-    async def _handle(self, request: Request) -> Response:
-        """Answer one request."""
-
-    @property
-    def url(self) -> str:
-        """The base URL, once started."""
-        if self._server is None:
-            msg = f"the {type(self).__name__} is not started"
-            raise RuntimeError(msg)
-        return self._server.url
-
-    async def start(self, host: str = DEFAULT_HOST, port: int = 0) -> None:
-        """Listen on ``host``:``port`` (0 picks a free port)."""
-        if self._server is None:
-            server = HttpServer(self._handle, host, port)
-            await server.start()
-            self._server = server
-
-    async def close(self) -> None:
-        """Stop listening and drop open connections."""
-        if self._server is not None:
-            await self._server.close()
-            self._server = None
-
-    async def __aenter__(self: ServedT) -> ServedT:
         await self.start()
         return self
 

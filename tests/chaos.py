@@ -63,18 +63,17 @@ from relay.errors import InvalidNumber
 from relay.httpserver import Request, Response
 from relay.inbound import ID_KEYS, RECIPIENT_KEYS, SENDER_KEYS, TEXT_KEYS, TIME_KEYS
 from relay.phone import mask, normalise
-from relay.receiver import Delivery, Rule, WebhookReceiver
 from relay.retry import poll_delay
-from relay.simulator import (
-    API_PREFIX,
+from relay.testing.faults import Fault
+from relay.testing.receiver import Delivery, Rule, WebhookReceiver
+from relay.testing.simulator import API_PREFIX, Simulator
+from relay.testing.wire import (
     ENVELOPES,
     ID_TYPES,
     NUMBER_FORMATS,
     SIM_REGION,
     TIME_FORMATS,
-    Fault,
     SimMessage,
-    Simulator,
     WireFormat,
 )
 from tests.support import KEY, RelayProcess

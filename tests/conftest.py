@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from relay.clock import FakeClock
-from relay.receiver import WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.clock import FakeClock
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import KEY, TOKEN
 
 PG_URL = os.environ.get("RELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

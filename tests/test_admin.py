@@ -13,14 +13,16 @@ import sqlalchemy as sa
 
 from relay.admin import ago, printable
 from relay.cli import main
-from relay.clock import FakeClock, SystemClock
+from relay.clock import SystemClock
 from relay.inbound import InboundMessage
 from relay.leases import balance
 from relay.outbox import queue_send, record
-from relay.receiver import Rule, WebhookReceiver
 from relay.schema import deliveries, messages, outbound
-from relay.simulator import Fault, Simulator
 from relay.store import Outcome, Reply, Store
+from relay.testing.clock import FakeClock
+from relay.testing.faults import Fault
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, TOKEN, cli, write_config
 from tests.test_numbers import SPELLINGS, WRONG_NUMBERS
 

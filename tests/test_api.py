@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from relay.api import AatroxClient
-from relay.clock import FakeClock
 from relay.config import ApiConfig, TokenSource
 from relay.errors import (
     ApiBadRequest,
@@ -27,17 +26,10 @@ from relay.errors import (
     ApiUnauthorized,
 )
 from relay.inbound import ID_KEYS, RECIPIENT_KEYS, SENDER_KEYS, TEXT_KEYS, TIME_KEYS
-from relay.simulator import (
-    DISCLAIMER,
-    ENVELOPES,
-    ID_TYPES,
-    NUMBER_FORMATS,
-    TIME_FORMATS,
-    Fault,
-    SentRecord,
-    Simulator,
-    WireFormat,
-)
+from relay.testing.clock import FakeClock
+from relay.testing.faults import Fault
+from relay.testing.simulator import DISCLAIMER, SentRecord, Simulator
+from relay.testing.wire import ENVELOPES, ID_TYPES, NUMBER_FORMATS, TIME_FORMATS, WireFormat
 
 pytestmark = pytest.mark.anyio
 

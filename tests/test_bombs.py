@@ -25,7 +25,6 @@ import pytest
 import sqlalchemy as sa
 
 from relay.api import AatroxClient
-from relay.clock import FakeClock
 from relay.config import ApiConfig, TokenSource, WebhookConfig
 from relay.decoding import STEP_BYTES, BodyDecoder, UndecodableBody
 from relay.errors import (
@@ -35,10 +34,12 @@ from relay.errors import (
     ApiResponseTooLarge,
     ApiServerError,
 )
-from relay.receiver import Rule, WebhookReceiver
 from relay.schema import DELIVERED, deliveries
-from relay.simulator import Fault, Simulator
 from relay.store import DueDelivery
+from relay.testing.clock import FakeClock
+from relay.testing.faults import Fault
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from relay.webhook import MAX_ANSWER_BYTES, Webhook
 from tests.support import KEY, NUMBERS, SENDER, TOKEN, RelayProcess, write_config
 

@@ -19,8 +19,8 @@ from typing import get_args
 
 import pytest
 
-from relay.receiver import Delivery
-from relay.simulator import SimMessage
+from relay.testing.receiver import Delivery
+from relay.testing.wire import SimMessage
 from tests import chaos
 from tests.chaos import (
     SEED_ENV,

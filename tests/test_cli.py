@@ -10,8 +10,8 @@ import pytest
 
 from relay import __version__
 from relay.cli import main
-from relay.receiver import WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SECRET, SENDER, TOKEN, RelayProcess, cli, write_config
 
 COMMANDS = ["run", "check", "poll-once", "simulate", "demo"]

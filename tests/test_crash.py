@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.receiver import Rule, WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio

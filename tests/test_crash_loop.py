@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.receiver import WebhookReceiver
-from relay.simulator import SimMessage, Simulator
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
+from relay.testing.wire import SimMessage
 from tests.support import SENDER, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio

@@ -10,13 +10,13 @@ import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from relay import __version__
-from relay.clock import FakeClock
 from relay.config import WebhookConfig
 from relay.dispatcher import Dispatcher
 from relay.inbound import InboundMessage
-from relay.receiver import Rule, WebhookReceiver
 from relay.retry import NoJitter
 from relay.store import DEAD, DELIVERED, PENDING, AsyncStore, Store
+from relay.testing.clock import FakeClock
+from relay.testing.receiver import Rule, WebhookReceiver
 from tests.support import KEY, SECRET, webhook_config
 
 pytestmark = pytest.mark.anyio

@@ -11,15 +11,16 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from relay.clock import FakeClock
 from relay.daemon import Relay
 from relay.dispatcher import Dispatcher
 from relay.inbound import InboundMessage
-from relay.receiver import Rule, WebhookReceiver
 from relay.retry import NoJitter
 from relay.schema import DELIVERED
-from relay.simulator import Fault, Simulator
 from relay.store import AsyncStore, Store
+from relay.testing.clock import FakeClock
+from relay.testing.faults import Fault
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, TOKEN, relay_config
 
 pytestmark = pytest.mark.anyio

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.clock import FakeClock
 from relay.health import HealthApp, NumberHealth, number_reason
 from relay.httpserver import HttpServer, Request, Response, json_response
 from relay.metrics import POLL_OK, Metrics, number_label
+from relay.testing.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.receiver import WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio

@@ -20,7 +20,7 @@ from relay.httpserver import (
     bearer_matches,
     json_response,
 )
-from relay.receiver import Delivery, Rule, WebhookReceiver
+from relay.testing.receiver import Delivery, Rule, WebhookReceiver
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,6 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import logs
-from relay.clock import FakeClock
 from relay.metrics import (
     DEAD,
     DELIVERED,
@@ -22,6 +21,7 @@ from relay.metrics import (
     Metrics,
     number_label,
 )
+from relay.testing.clock import FakeClock
 from tests.support import kept_logging
 
 NUMBER = "+61400000001"

@@ -15,9 +15,9 @@ from alembic.script import ScriptDirectory
 
 from relay.clock import SystemClock
 from relay.migrations import HEAD, SCRIPT_LOCATION, revision
-from relay.receiver import WebhookReceiver
-from relay.simulator import Simulator
 from relay.store import Store
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import RelayProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent

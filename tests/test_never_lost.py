@@ -13,16 +13,18 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import admin
-from relay.clock import FakeClock
 from relay.config import Backfill, Config
 from relay.daemon import Relay
 from relay.metrics import Metrics, number_label
 from relay.poller import DETAILS_EAGER_RETRIES, DETAILS_GIVE_UP
-from relay.receiver import Rule, WebhookReceiver
 from relay.schema import messages
 from relay.sentry import Alerts
 from relay.service import Telemetry
-from relay.simulator import Fault, Simulator, WireFormat
+from relay.testing.clock import FakeClock
+from relay.testing.faults import Fault
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
+from relay.testing.wire import WireFormat
 from tests.support import NUMBERS, SENDER, TOKEN, recording_sentry, relay_config
 
 pytestmark = pytest.mark.anyio

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from relay import __version__
-from relay.receiver import Rule, WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, RelayProcess, cli, write_config
 
 if sys.version_info >= (3, 11):

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from relay.admin import status_report
 from relay.api import AatroxClient
-from relay.clock import Clock, FakeClock
+from relay.clock import Clock
 from relay.config import ApiConfig, OutboundConfig, TokenSource
 from relay.daemon import Relay
 from relay.errors import (
@@ -38,10 +38,12 @@ from relay.errors import (
 )
 from relay.events import Events
 from relay.outbox import Outbox, counts, queue_send
-from relay.receiver import WebhookReceiver
 from relay.schema import PENDING, SENT, UNKNOWN, outbound
-from relay.simulator import Fault, Simulator
 from relay.store import AsyncStore, Store
+from relay.testing.clock import FakeClock
+from relay.testing.faults import Fault
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, TOKEN, relay_config
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,9 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from relay.config import Backfill
 from relay.daemon import Relay
-from relay.receiver import Rule, WebhookReceiver
-from relay.simulator import Simulator, WireFormat
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
+from relay.testing.wire import WireFormat
 from tests.support import NUMBERS, SECRET, SENDER, relay_config
 
 pytestmark = pytest.mark.anyio

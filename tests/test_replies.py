@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from relay.daemon import Relay
-from relay.receiver import Rule, WebhookReceiver
-from relay.simulator import Fault, Simulator
+from relay.testing.faults import Fault
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, RelayProcess, relay_config, write_config
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.receiver import WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import SENDER, RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio

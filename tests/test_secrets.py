@@ -23,8 +23,8 @@ from relay.config import HttpConfig, load
 from relay.daemon import Relay
 from relay.httpserver import HttpServer
 from relay.logs import JsonFormatter, TextFormatter, fields
-from relay.receiver import Rule, WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import (
     KEY,
     NUMBERS,

@@ -14,11 +14,11 @@ import pytest
 import sentry_sdk
 
 from relay import redact, sentry
-from relay.clock import FakeClock
 from relay.config import SentryConfig
 from relay.httpserver import HttpServer
-from relay.receiver import WebhookReceiver
 from relay.sentry import Alerts, Heartbeats, scrub_event, scrub_secret, scrub_text
+from relay.testing.clock import FakeClock
+from relay.testing.receiver import WebhookReceiver
 from tests.support import (
     UNUSED_DSN,
     FakeSentry,

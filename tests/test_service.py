@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.httpserver import HttpServer
-from relay.receiver import WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import (
     NUMBERS,
     SENDER,

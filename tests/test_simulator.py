@@ -10,8 +10,10 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from relay.clock import FakeClock
-from relay.simulator import DISCLAIMER, Envelope, Fault, SentRecord, Simulator, WireFormat, serve
+from relay.testing.clock import FakeClock
+from relay.testing.faults import Fault
+from relay.testing.simulator import DISCLAIMER, SentRecord, Simulator, serve
+from relay.testing.wire import Envelope, WireFormat
 
 pytestmark = pytest.mark.anyio
 

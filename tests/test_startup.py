@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from relay.clock import FakeClock
 from relay.config import NumberConfig
-from relay.receiver import WebhookReceiver
 from relay.scheduler import FIRST_POLLS_WITHIN, SlotTrigger, capped_jitter, plan
 from relay.schema import numbers as numbers_table
-from relay.simulator import Simulator
+from relay.testing.clock import FakeClock
+from relay.testing.receiver import WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import RelayProcess, write_config
 
 pytestmark = pytest.mark.anyio

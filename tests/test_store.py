@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from relay.clock import FakeClock
 from relay.daemon import InstanceLock
 from relay.inbound import InboundMessage
 from relay.outbox import queue_send, record
@@ -36,6 +35,7 @@ from relay.store import (
     Store,
     webhook_id,
 )
+from relay.testing.clock import FakeClock
 
 NUMBER = "+61400000001"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

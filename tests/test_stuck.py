@@ -17,18 +17,18 @@ import pytest
 import sqlalchemy as sa
 
 from relay.api import AatroxClient
-from relay.clock import FakeClock
 from relay.config import WebhookConfig
 from relay.daemon import Relay
 from relay.dispatcher import Dispatcher, Lane
 from relay.events import Events
 from relay.inbound import InboundMessage
 from relay.outbox import OutboundSms, Outbox, queue_send
-from relay.receiver import Rule, WebhookReceiver
 from relay.retry import NoJitter
 from relay.schema import DELIVERED, PENDING, UNKNOWN, deliveries, outbound
-from relay.simulator import Simulator
 from relay.store import AsyncStore, DueDelivery, Store
+from relay.testing.clock import FakeClock
+from relay.testing.receiver import Rule, WebhookReceiver
+from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, relay_config, webhook_config
 
 pytestmark = pytest.mark.anyio

@@ -31,8 +31,8 @@ from relay.config import (
     WebhookConfig,
 )
 from relay.daemon import Relay
-from relay.receiver import Delivery, WebhookReceiver
-from relay.simulator import Simulator
+from relay.testing.receiver import Delivery, WebhookReceiver
+from relay.testing.simulator import Simulator
 
 NUMBERS = ("+61400000001", "+61400000002")
 SENDERS = ("+61412345678", "+61498765432", "+61423456789")

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.errors import SignatureError
-from relay.httpserver import Request, Response, Served
+from relay.httpserver import Request, Response
 from relay.signing import verify
+from relay.testing.served import Served
 
 DEFAULT_WAIT_TIMEOUT = 10.0
 

@@ -26,7 +26,9 @@ Inject a message from a shell::
          -d '{"from": "+61400000001", "to": "+61400000002", "text": "hello"}'
 
 Each (to, from) listing is serialised once and served from cache until it changes, so
-the simulator answers thousands of requests a second.
+the simulator answers thousands of requests a second. The shapes of its answers are in
+:mod:`relay.testing.wire`, its faults in :mod:`relay.testing.faults`, and the reading of
+what it is sent in :mod:`relay.testing.payloads`.
 """
 
 from __future__ import annotations
@@ -35,25 +37,30 @@ import asyncio
 import bisect
 import dataclasses
 import hmac
-import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, TypeVar
-
-import phonenumbers
+from datetime import datetime, timezone
 
 from relay.clock import Clock, SystemClock
-from relay.errors import ApiInvalidResponse, InvalidNumber
-from relay.httpserver import DEFAULT_HOST, Request, Response, Served, json_response
+from relay.errors import ApiInvalidResponse
+from relay.httpserver import DEFAULT_HOST, Request, Response, json_response
 from relay.inbound import parse_timestamp
 from relay.phone import normalise
+from relay.testing.faults import Fault, PendingFault, fault_response
+from relay.testing.payloads import (
+    BadInput,
+    fault_from_json,
+    json_field,
+    json_object,
+    phone_number,
+    sender_id,
+    wire_from_json,
+)
+from relay.testing.served import Served
+from relay.testing.wire import SIM_REGION, SimMessage, WireFormat, detail_body, listing_body
 
 API_PREFIX = "/api/v2"
 CONTROL_PREFIX = "/_sim/"
-#: Numbers are read as Australian unless they carry a country code.
-SIM_REGION = "AU"
 DEFAULT_TOKEN = "sim-token"
 DEFAULT_LISTING_LIMIT = 1000
 #: What /sms/send/disclaimer appends.
@@ -64,128 +71,8 @@ MAX_SENDER_ID = 32
 MAX_TEXT_LENGTH = 1600
 #: Most recipients one bulk send accepts.
 MAX_BULK_RECIPIENTS = 1000
-#: Zone of iso_offset and iso_naive times by default: UTC, the relay's default timezone.
-DEFAULT_TZ_OFFSET_MINUTES = 0
-#: Size of each piece of a streamed fault body.
-STREAM_CHUNK_BYTES = 64 * 1024
 #: Numbers whose listings are cached at most; the cache starts over beyond.
 MAX_CACHED_LISTINGS = 10_000
-
-Envelope = Literal["array", "messages", "data", "results", "items"]
-TimeFormat = Literal["iso_z", "iso_offset", "iso_naive", "unix", "unix_ms"]
-NumberFormat = Literal["e164", "international", "national"]
-IdType = Literal["str", "int"]
-ListingShape = Literal["full", "no_text", "no_sender", "id_only"]
-ENVELOPES: tuple[Envelope, ...] = ("array", "messages", "data", "results", "items")
-ID_TYPES: tuple[IdType, ...] = ("str", "int")
-TIME_FORMATS: tuple[TimeFormat, ...] = ("iso_z", "iso_offset", "iso_naive", "unix", "unix_ms")
-NUMBER_FORMATS: tuple[NumberFormat, ...] = ("e164", "international", "national")
-LISTING_SHAPES: tuple[ListingShape, ...] = ("full", "no_text", "no_sender", "id_only")
-#: The key a detail answer wraps its message under, per envelope (None: bare).
-_DETAIL_WRAPPERS: dict[str, str | None] = {
-    "array": None,
-    "messages": "message",
-    "data": "data",
-    "results": "sms",
-    "items": None,
-}
-
-
-@dataclass(frozen=True)
-class WireFormat:
-    """How the simulator shapes its answers, to exercise every shape the relay tolerates.
-
-    Detail answers (``GET /sms/{id}``) always carry the text (under ``text_key``, or
-    "text" when that is None) and are wrapped under "message", "data" or "sms" for the
-    messages, data and results envelopes. ``national`` numbers are written in national
-    form only when Australian. iso_offset and iso_naive times are written in the zone
-    ``tz_offset_minutes`` east of UTC (600 for Australian Eastern Standard Time: a relay
-    reading iso_naive times then needs ``timezone`` set to match); iso_naive uses a
-    space separator.
-
-    ``listing`` says which fields a listing item carries: ``full`` (all), ``no_text``
-    (id, sender, recipient, time), ``no_sender`` (id, recipient, text, time) or
-    ``id_only`` (only id and time: "message IDs with timestamps"). Detail answers are
-    always full. A ``text_key`` of None is the same as ``no_text``.
-    """
-
-    envelope: Envelope = "array"
-    id_key: str = "id"
-    id_type: IdType = "str"
-    from_key: str = "from"
-    to_key: str = "to"
-    #: None: the listing carries only ids and timestamps; the text only via GET /sms/{id}.
-    text_key: str | None = "text"
-    time_key: str = "timestamp"
-    time_format: TimeFormat = "iso_z"
-    number_format: NumberFormat = "e164"
-    tz_offset_minutes: int = DEFAULT_TZ_OFFSET_MINUTES
-    listing: ListingShape = "full"
-
-    def __post_init__(self) -> None:
-        choices = {
-            "listing": (self.listing, LISTING_SHAPES),
-            "envelope": (self.envelope, ENVELOPES),
-            "id_type": (self.id_type, ID_TYPES),
-            "time_format": (self.time_format, TIME_FORMATS),
-            "number_format": (self.number_format, NUMBER_FORMATS),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                msg = f"{name}: {value!r} is not one of {', '.join(allowed)}"
-                raise ValueError(msg)
-        keys = [self.id_key, self.from_key, self.to_key, self.time_key]
-        if self.text_key is not None:
-            keys.append(self.text_key)
-        if not all(keys) or len(set(keys)) != len(keys):
-            msg = "the id, from, to, text and time keys must be distinct and non-empty"
-            raise ValueError(msg)
-        if abs(self.tz_offset_minutes) >= 24 * 60:
-            msg = f"tz_offset_minutes: {self.tz_offset_minutes} is not within a day"
-            raise ValueError(msg)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A failure applied to the next ``count`` API requests whose path starts with ``path``.
-
-    After ``delay`` seconds: ``reset`` drops the connection without an answer; ``size``
-    above 0 streams a body of that many bytes (a JSON array padded with spaces) with
-    ``status``; otherwise ``status`` is answered with ``body``. A ``status`` of 0 answers
-    normally after the delay (a slow but correct API).
-    """
-
-    status: int = 500
-    body: bytes = b'{"error": "simulated"}'
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
-    delay: float = 0.0
-    count: int = 1
-    path: str = "/api/v2/"
-    size: int = 0
-    reset: bool = False
-
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            msg = f"count: {self.count} is not a positive number of requests"
-            raise ValueError(msg)
-        if self.status != 0 and not 100 <= self.status <= 999:
-            msg = f"status: {self.status} is not an HTTP status"
-            raise ValueError(msg)
-        if self.delay < 0 or self.size < 0:
-            msg = "delay and size cannot be negative"
-            raise ValueError(msg)
-
-
-@dataclass(frozen=True)
-class SimMessage:
-    """A message the simulator holds as received."""
-
-    id: int
-    sender: str  # E.164
-    recipient: str  # E.164
-    text: str
-    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -200,20 +87,6 @@ class SentRecord:
     text: str
     #: The provider ids answered, one per recipient.
     ids: tuple[str, ...]
-
-
-class _BadInput(Exception):
-    """A request's parameters are invalid: answer 400 with this message."""
-
-
-class _PendingFault:
-    """A queued fault and how many more requests it applies to."""
-
-    __slots__ = ("fault", "remaining")
-
-    def __init__(self, fault: Fault) -> None:
-        self.fault = fault
-        self.remaining = fault.count
 
 
 class Simulator(Served):
@@ -236,7 +109,7 @@ class Simulator(Served):
         self._by_recipient: dict[str, list[SimMessage]] = {}
         self._next_id = 1
         self._next_sent_id = 1
-        self._faults: list[_PendingFault] = []
+        self._faults: list[PendingFault] = []
         # Serialised listings by recipient, then by sender filter (None: no filter).
         self._cache: dict[str, dict[str | None, bytes]] = {}
         #: Every send, send-disclaimer and send-bulk request accepted, oldest first.
@@ -323,7 +196,7 @@ class Simulator(Served):
 
     def add_fault(self, fault: Fault) -> None:
         """Queue ``fault``; faults apply in the order added."""
-        self._faults.append(_PendingFault(fault))
+        self._faults.append(PendingFault(fault))
 
     def clear_faults(self) -> None:
         """Drop every pending fault."""
@@ -334,8 +207,6 @@ class Simulator(Served):
         """How many faulty answers are still queued."""
         return sum(pending.remaining for pending in self._faults)
 
-    # --- lifecycle -------------------------------------------------------
-
     # --- HTTP ------------------------------------------------------------
 
     async def _handle(self, request: Request) -> Response:
@@ -345,7 +216,7 @@ class Simulator(Served):
                 return json_response({"error": "control endpoints are loopback only"}, 403)
             try:
                 return self._control(request)
-            except _BadInput as exc:
+            except BadInput as exc:
                 return json_response({"error": str(exc)}, 400)
         if not path.startswith(API_PREFIX + "/"):
             return json_response({"error": "not found"}, 404)
@@ -354,7 +225,7 @@ class Simulator(Served):
         if self._faults:
             fault = self._take_fault(path)
             if fault is not None:
-                answer = await self._fault_response(fault)
+                answer = await fault_response(fault)
                 if answer is not None:
                     return answer
         auth = request.headers.get("authorization", "").encode()
@@ -372,7 +243,7 @@ class Simulator(Served):
                 return self._details(path[len(API_PREFIX) + len("/sms/") :])
             if endpoint in ("send", "send_disclaimer", "send_bulk"):
                 return self._send(endpoint, request.body)
-        except _BadInput as exc:
+        except BadInput as exc:
             return json_response({"error": str(exc)}, 400)
         return json_response({"error": "not found"}, 404)
 
@@ -385,26 +256,13 @@ class Simulator(Served):
                 return pending.fault
         return None
 
-    async def _fault_response(self, fault: Fault) -> Response | None:
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.reset:
-            return Response(abort=True)
-        if fault.status == 0:
-            return None
-        headers = list(fault.headers)
-        if fault.size > 0:
-            body: bytes | AsyncIterator[bytes] = _padded_array(fault.size)
-            return Response(fault.status, body, headers, fault.content_type)
-        return Response(fault.status, fault.body, headers, fault.content_type)
-
     def _receive(self, request: Request) -> Response:
         to = request.query.get("to")
         if not to:
-            raise _BadInput("missing parameter: to")
-        recipient = _number(to, "to")
+            raise BadInput("missing parameter: to")
+        recipient = phone_number(to, "to")
         sender_param = request.query.get("from")
-        sender = _number(sender_param, "from") if sender_param else None
+        sender = phone_number(sender_param, "from") if sender_param else None
         by_sender = self._cache.get(recipient)
         body = by_sender.get(sender) if by_sender is not None else None
         if body is None:
@@ -420,37 +278,30 @@ class Simulator(Served):
             inbox = [m for m in inbox if m.sender == sender]
         if self._listing_limit >= 0:
             inbox = inbox[-self._listing_limit :] if self._listing_limit else []
-        wire = self._wire
-        shape = "no_text" if wire.text_key is None and wire.listing == "full" else wire.listing
-        items = [_render(m, wire, shape) for m in inbox]
-        payload: object = items if wire.envelope == "array" else {wire.envelope: items}
-        return _dumps(payload)
+        return listing_body(inbox, self._wire)
 
     def _details(self, raw_id: str) -> Response:
         is_number = raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 19
         message = self._messages.get(int(raw_id)) if is_number else None
         if message is None:
             return json_response({"error": "message not found"}, 404)
-        wire = self._wire
-        item = _render(message, wire, "full")
-        wrapper = _DETAIL_WRAPPERS[wire.envelope]
-        return Response(body=_dumps(item if wrapper is None else {wrapper: item}))
+        return Response(body=detail_body(message, self._wire))
 
     def _send(self, endpoint: str, raw: bytes) -> Response:
-        body = _json_object(raw)
-        sender = _number(_field(body, "from", str), "from")
-        text = _field(body, "text", str)
+        body = json_object(raw)
+        sender = phone_number(json_field(body, "from", str), "from")
+        text = json_field(body, "text", str)
         if not text or len(text) > MAX_TEXT_LENGTH:
-            raise _BadInput(f"text: must be 1 to {MAX_TEXT_LENGTH} characters")
+            raise BadInput(f"text: must be 1 to {MAX_TEXT_LENGTH} characters")
         if endpoint == "send_bulk":
-            raw_to = _field(body, "to", list)
+            raw_to = json_field(body, "to", list)
             if not raw_to or len(raw_to) > MAX_BULK_RECIPIENTS:
-                raise _BadInput(f"to: must list 1 to {MAX_BULK_RECIPIENTS} numbers")
+                raise BadInput(f"to: must list 1 to {MAX_BULK_RECIPIENTS} numbers")
             if not all(isinstance(number, str) for number in raw_to):
-                raise _BadInput("to: must list strings")
-            recipients = tuple(_number(number, "to") for number in raw_to)
+                raise BadInput("to: must list strings")
+            recipients = tuple(phone_number(number, "to") for number in raw_to)
         else:
-            recipients = (_number(_field(body, "to", str), "to"),)
+            recipients = (phone_number(json_field(body, "to", str), "to"),)
         if endpoint == "send_disclaimer":
             text += DISCLAIMER
         ids = tuple(self._sent_id() for _ in recipients)
@@ -472,31 +323,31 @@ class Simulator(Served):
     def _control(self, request: Request) -> Response:
         route = (request.method, request.path[len(CONTROL_PREFIX) :].rstrip("/"))
         if route == ("POST", "messages"):
-            body = _json_object(request.body)
+            body = json_object(request.body)
             received_at = None
             if body.get("received_at") is not None:
                 try:
                     received_at = parse_timestamp(body["received_at"], timezone.utc)
                 except ApiInvalidResponse as exc:
-                    raise _BadInput(f"received_at: {exc}") from None
-            sender = _field(body, "from", str)
+                    raise BadInput(f"received_at: {exc}") from None
+            sender = json_field(body, "from", str)
             if not sender.strip() or len(sender) > MAX_SENDER_ID or not sender.isprintable():
-                raise _BadInput("from: not a phone number or sender id")
-            recipient = _number(_field(body, "to", str), "to")
-            message = self.inject(sender, recipient, _field(body, "text", str), received_at)
+                raise BadInput("from: not a phone number or sender id")
+            recipient = phone_number(json_field(body, "to", str), "to")
+            message = self.inject(sender, recipient, json_field(body, "text", str), received_at)
             return json_response({"id": str(message.id)}, 201)
         if route == ("GET", "sent"):
             return json_response([_sent_json(record) for record in self.sent])
         if route == ("POST", "faults"):
-            self.add_fault(_fault_from_json(_json_object(request.body)))
+            self.add_fault(fault_from_json(json_object(request.body)))
             return json_response({"pending": self.pending_faults}, 201)
         if route == ("PUT", "wire"):
-            self.wire = _wire_from_json(_json_object(request.body), self._wire)
+            self.wire = wire_from_json(json_object(request.body), self._wire)
             return json_response(dataclasses.asdict(self._wire))
         if route == ("PUT", "token"):
-            token = _field(_json_object(request.body), "token", str)
+            token = json_field(json_object(request.body), "token", str)
             if not token.strip():
-                raise _BadInput("token: must not be empty")
+                raise BadInput("token: must not be empty")
             self.token = token
             return Response(status=204)
         if route == ("GET", "stats"):
@@ -529,7 +380,7 @@ async def serve(port: int, token: str, *, host: str = DEFAULT_HOST) -> None:
         await simulator.close()
 
 
-# --- rendering -----------------------------------------------------------
+# --- routing ---------------------------------------------------------------
 
 
 def _endpoint(method: str, rest: str) -> str:
@@ -549,70 +400,6 @@ def _endpoint(method: str, rest: str) -> str:
     return "unknown"
 
 
-def _render(message: SimMessage, wire: WireFormat, shape: ListingShape) -> dict[str, object]:
-    item: dict[str, object] = {
-        wire.id_key: message.id if wire.id_type == "int" else str(message.id)
-    }
-    if shape in ("full", "no_text"):
-        item[wire.from_key] = _format_number(message.sender, wire.number_format)
-    if shape != "id_only":
-        item[wire.to_key] = _format_number(message.recipient, wire.number_format)
-    if shape in ("full", "no_sender"):
-        item[wire.text_key or "text"] = message.text
-    item[wire.time_key] = _format_time(message.received_at, wire)
-    return item
-
-
-def _format_number(number: str, number_format: str) -> str:
-    if number_format == "e164" or not number.startswith("+"):  # e.g. an alphanumeric sender
-        return number
-    if number_format == "international":
-        return number[1:]
-    if number.startswith("+61"):
-        parsed = phonenumbers.parse(number)
-        national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
-        return "".join(char for char in national if char.isdigit())
-    return number
-
-
-def _format_time(when: datetime, wire: WireFormat) -> object:
-    fmt = wire.time_format
-    if fmt in ("unix", "unix_ms"):
-        delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-        if fmt == "unix":
-            return micros // 1_000_000 if micros % 1_000_000 == 0 else micros / 1_000_000
-        return micros // 1000 if micros % 1000 == 0 else micros / 1000
-    spec = "seconds"
-    if when.microsecond:
-        spec = "milliseconds" if when.microsecond % 1000 == 0 else "microseconds"
-    if fmt == "iso_z":
-        return when.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec=spec) + "Z"
-    local = when.astimezone(timezone(timedelta(minutes=wire.tz_offset_minutes)))
-    if fmt == "iso_offset":
-        return local.isoformat(timespec=spec)
-    return local.replace(tzinfo=None).isoformat(sep=" ", timespec=spec)
-
-
-async def _padded_array(size: int) -> AsyncIterator[bytes]:
-    """``[`` + spaces + ``]``: a valid JSON empty array exactly ``size`` bytes long."""
-    if size < 2:
-        yield b" " * size
-        return
-    remaining = size - 2
-    yield b"["
-    block = b" " * STREAM_CHUNK_BYTES
-    while remaining > 0:
-        piece = block if remaining >= len(block) else block[:remaining]
-        remaining -= len(piece)
-        yield piece
-    yield b"]"
-
-
-def _dumps(payload: object) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _sent_json(record: SentRecord) -> dict[str, object]:
     return {
         "endpoint": record.endpoint,
@@ -621,107 +408,3 @@ def _sent_json(record: SentRecord) -> dict[str, object]:
         "text": record.text,
         "ids": list(record.ids),
     }
-
-
-# --- request validation ----------------------------------------------------
-
-
-def _json_object(raw: bytes) -> dict[str, object]:
-    try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, RecursionError):
-        raise _BadInput("body is not JSON") from None
-    if not isinstance(body, dict):
-        raise _BadInput("body must be a JSON object")
-    return body
-
-
-_T = TypeVar("_T")
-
-
-def _field(body: dict[str, object], name: str, kind: type[_T]) -> _T:
-    value = body.get(name)
-    if not isinstance(value, kind):
-        raise _BadInput(f"{name}: missing or not a {kind.__name__}")
-    return value
-
-
-def sender_id(value: str) -> str:
-    """A sender as the simulator keeps it: E.164 when it is a phone number, else as given."""
-    try:
-        return normalise(value, SIM_REGION)
-    except InvalidNumber:
-        return value.strip()
-
-
-def _number(value: str, name: str) -> str:
-    try:
-        return normalise(value, SIM_REGION)
-    except InvalidNumber:
-        raise _BadInput(f"{name}: not a phone number") from None
-
-
-_FAULT_TYPES: dict[str, type | tuple[type, ...]] = {
-    "status": int,
-    "body": str,
-    "content_type": str,
-    "headers": (list, dict),
-    "delay": (int, float),
-    "count": int,
-    "path": str,
-    "size": int,
-    "reset": bool,
-}
-_WIRE_TYPES: dict[str, type | tuple[type, ...]] = {
-    "envelope": str,
-    "id_key": str,
-    "id_type": str,
-    "from_key": str,
-    "to_key": str,
-    "text_key": (str, type(None)),
-    "time_key": str,
-    "time_format": str,
-    "number_format": str,
-    "tz_offset_minutes": int,
-    "listing": str,
-}
-
-
-def _check_fields(body: dict[str, object], types: dict[str, type | tuple[type, ...]]) -> None:
-    for name, value in body.items():
-        expected = types.get(name)
-        if expected is None:
-            raise _BadInput(f"{name}: unknown field (known: {', '.join(types)})")
-        if isinstance(value, bool) and expected is not bool:
-            raise _BadInput(f"{name}: wrong type")
-        if not isinstance(value, expected):
-            raise _BadInput(f"{name}: wrong type")
-
-
-def _fault_from_json(body: dict[str, object]) -> Fault:
-    _check_fields(body, _FAULT_TYPES)
-    fields: dict[str, Any] = dict(body)
-    if isinstance(fields.get("body"), str):
-        fields["body"] = fields["body"].encode()
-    headers = body.get("headers")
-    if isinstance(headers, dict):
-        fields["headers"] = tuple((str(k), str(v)) for k, v in headers.items())
-    elif isinstance(headers, list):
-        if not all(isinstance(pair, list) and len(pair) == 2 for pair in headers):
-            raise _BadInput("headers: must be an object or a list of [name, value] pairs")
-        fields["headers"] = tuple((str(pair[0]), str(pair[1])) for pair in headers)
-    if "delay" in fields:
-        fields["delay"] = float(fields["delay"])
-    try:
-        return Fault(**fields)
-    except ValueError as exc:
-        raise _BadInput(str(exc)) from None
-
-
-def _wire_from_json(body: dict[str, object], current: WireFormat) -> WireFormat:
-    _check_fields(body, _WIRE_TYPES)
-    fields: dict[str, Any] = dict(body)
-    try:
-        return dataclasses.replace(current, **fields)
-    except ValueError as exc:
-        raise _BadInput(str(exc)) from None
