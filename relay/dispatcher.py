@@ -26,8 +26,7 @@ from relay.logs import fields
 from relay.outbox import reply_text
 from relay.phone import valid_number
 from relay.retry import Backoff, Jitter
-from relay.schema import DEAD, DELIVERED, PENDING, deliveries
-from relay.store import AsyncStore, DueDelivery, Outcome, Reply
+from relay.store import DEAD, DELIVERED, PENDING, AsyncStore, DueDelivery, Outcome, Reply
 from relay.webhook import Answer, Webhook
 from relay.worker import Worker, internal_error
 
@@ -91,7 +90,7 @@ class Lane(Worker[DueDelivery]):
         events: Events | None = None,
         on_reply: Callable[[], None] = lambda: None,
     ) -> None:
-        super().__init__(clock, webhook.config.concurrency, store, deliveries, events)
+        super().__init__(clock, webhook.config.concurrency, store, "deliveries", events)
         self.on_reply = on_reply
         self.webhook = webhook
         self.config: WebhookConfig = webhook.config

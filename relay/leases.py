@@ -22,108 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Sequence
-from datetime import timedelta
-
-import sqlalchemy as sa
 
 from relay.errors import RelayError
 from relay.logs import fields
-from relay.schema import leases, relays
-from relay.store import CLAIMABLE, AsyncStore, Store
+from relay.store import AsyncStore, round_interval
 
 log = logging.getLogger("relay.leases")
-
-#: Lease rounds per lease period.
-ROUNDS_PER_LEASE = 5
-
-
-def round_interval(lease: float) -> float:
-    """Seconds between two lease rounds."""
-    return lease / ROUNDS_PER_LEASE
-
-
-def balance(store: Store, names: Sequence[str]) -> set[str]:
-    """One lease round for this relay over the configured numbers; the numbers it now holds."""
-    now = store.clock.now()
-    me = store.relay_id
-    alive_since = now - timedelta(seconds=store.lease)
-    expires = now + timedelta(seconds=store.lease - round_interval(store.lease))
-    wanted = list(names)
-    with store.engine.begin() as conn:
-        conn.execute(
-            store.insert(relays)
-            .values(id=me, started_at=now, heartbeat_at=now)
-            .on_conflict_do_update(index_elements=[relays.c.id], set_={"heartbeat_at": now})
-        )
-        conn.execute(relays.delete().where(relays.c.heartbeat_at < now - timedelta(days=1)))
-        alive = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(relays)
-            .where(relays.c.heartbeat_at >= alive_since)
-        ).scalar_one()
-        for table in CLAIMABLE:
-            conn.execute(
-                table.update()
-                .where(table.c.claimed_by == me, table.c.claim_expires_at >= now)
-                .values(claim_expires_at=now + timedelta(seconds=store.lease))
-            )
-        if not wanted:
-            return set()
-        conn.execute(
-            store.insert(leases).on_conflict_do_nothing(index_elements=[leases.c.name]),
-            [{"name": name} for name in wanted],
-        )
-        held = set(
-            conn.scalars(
-                leases.update()
-                .where(leases.c.owner == me, leases.c.expires_at >= now, leases.c.name.in_(wanted))
-                .values(expires_at=expires)
-                .returning(leases.c.name)
-            )
-        )
-        share = math.ceil(len(wanted) / max(int(alive), 1))
-        if len(held) < share:
-            free = (
-                sa.select(leases.c.name)
-                .where(
-                    leases.c.name.in_(wanted),
-                    sa.or_(leases.c.owner.is_(None), leases.c.expires_at < now),
-                )
-                .order_by(leases.c.name)
-                .limit(share - len(held))
-                .with_for_update(skip_locked=True)
-            )
-            held.update(
-                conn.scalars(
-                    leases.update()
-                    .where(leases.c.name.in_(free.scalar_subquery()))
-                    .values(owner=me, expires_at=expires)
-                    .returning(leases.c.name)
-                )
-            )
-        elif len(held) > share:
-            extra = sorted(held)[share:]
-            conn.execute(
-                leases.update()
-                .where(leases.c.owner == me, leases.c.name.in_(extra))
-                .values(owner=None, expires_at=None)
-            )
-            held.difference_update(extra)
-    return held
-
-
-def release(store: Store) -> None:
-    """Hand back every lease and claim of this relay and drop its heartbeat (at shutdown)."""
-    with store.engine.begin() as conn:
-        conn.execute(
-            leases.update()
-            .where(leases.c.owner == store.relay_id)
-            .values(owner=None, expires_at=None)
-        )
-        conn.execute(relays.delete().where(relays.c.id == store.relay_id))
-    store.release_claims()
 
 
 class LeaseKeeper:
@@ -142,7 +47,7 @@ class LeaseKeeper:
 
     async def round(self) -> None:
         """One lease round now."""
-        held = await self.store.call(balance, self.store.sync, self.numbers)
+        held = await self.store.call(self.store.sync.balance, self.numbers)
         gained, lost = held - self.held, self.held - held
         if gained or lost:
             log.info(
@@ -180,7 +85,7 @@ class LeaseKeeper:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         try:
-            await self.store.call(release, self.store.sync)
+            await self.store.call(self.store.sync.release_leases)
         except RelayError as exc:
             log.error("relay.leases.release_failed", extra=fields(error=str(exc)))
         self.held = set()

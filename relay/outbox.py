@@ -24,12 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import sqlalchemy as sa
 
 from relay.api import AatroxClient
 from relay.clock import Clock
@@ -39,8 +35,7 @@ from relay.events import Events
 from relay.logs import fields
 from relay.logs import number as shown
 from relay.retry import Backoff, Jitter
-from relay.schema import FAILED, PENDING, SENT, UNKNOWN, outbound
-from relay.store import AsyncStore, Store
+from relay.store import FAILED, PENDING, SENT, UNKNOWN, AsyncStore, OutboundSms, SendOutcome
 from relay.worker import Worker, internal_error
 
 log = logging.getLogger("relay.outbox")
@@ -102,20 +97,6 @@ def reply_text(body: bytes) -> str | None:
 
 
 @dataclass(frozen=True)
-class OutboundSms:
-    """One queued outbound SMS."""
-
-    id: int
-    kind: str
-    sender: str
-    recipients: tuple[str, ...]
-    text: str
-    disclaimer: bool
-    attempts: int
-    queued_at: datetime
-
-
-@dataclass(frozen=True)
 class Sent:
     """What the provider answered to an accepted send."""
 
@@ -142,99 +123,6 @@ def provider_answer(answer: dict[str, object]) -> Sent:
     return Sent(tuple(dict.fromkeys(ids)), str(status)[:64] if status is not None else None)
 
 
-# --- the queue in the store ----------------------------------------------------
-
-
-def queue_send(
-    store: Store, sender: str, recipients: Sequence[str], text: str, disclaimer: bool = False
-) -> int:
-    """Queue an outbound SMS (``kind="send"``); its id."""
-    now = store.clock.now()
-    with store.engine.begin() as conn:
-        return int(
-            conn.execute(
-                outbound.insert()
-                .values(
-                    kind="send",
-                    sender=sender,
-                    recipients=json.dumps(list(recipients)),
-                    text=text,
-                    disclaimer=disclaimer,
-                    state=PENDING,
-                    queued_at=now,
-                    next_attempt_at=now,
-                )
-                .returning(outbound.c.id)
-            ).scalar_one()
-        )
-
-
-def claim(store: Store, limit: int) -> list[OutboundSms]:
-    """Claim up to ``limit`` due outbound SMS for this relay."""
-    with store.engine.begin() as conn:
-        ids = store.claim_ids(conn, outbound, limit)
-        if not ids:
-            return []
-        rows = conn.execute(
-            sa.select(
-                outbound.c.id,
-                outbound.c.kind,
-                outbound.c.sender,
-                outbound.c.recipients,
-                outbound.c.text,
-                outbound.c.disclaimer,
-                outbound.c.attempts,
-                outbound.c.queued_at,
-            )
-            .where(outbound.c.id.in_(ids))
-            .order_by(outbound.c.id)
-        )
-        return [
-            OutboundSms(
-                r.id,
-                r.kind,
-                r.sender,
-                tuple(json.loads(r.recipients)),
-                r.text,
-                bool(r.disclaimer),
-                r.attempts,
-                r.queued_at,
-            )
-            for r in rows
-        ]
-
-
-def next_due(store: Store) -> datetime | None:
-    """When the next outbound SMS not claimed by this relay falls due."""
-    query = sa.select(sa.func.min(outbound.c.next_attempt_at)).where(
-        outbound.c.state == PENDING,
-        sa.or_(outbound.c.claimed_by.is_(None), outbound.c.claimed_by != store.relay_id),
-    )
-    with store.engine.connect() as conn:
-        value: datetime | None = conn.execute(query).scalar_one_or_none()
-    return value
-
-
-def record(store: Store, sms_id: int, **values: Any) -> None:
-    """Write back one attempt's result, releasing the claim."""
-    with store.engine.begin() as conn:
-        conn.execute(
-            outbound.update()
-            .where(outbound.c.id == sms_id)
-            .values(
-                attempts=outbound.c.attempts + 1, claimed_by=None, claim_expires_at=None, **values
-            )
-        )
-
-
-def counts(store: Store) -> dict[str, int]:
-    """Outbound SMS by state."""
-    query = sa.select(outbound.c.state, sa.func.count()).group_by(outbound.c.state)
-    with store.engine.connect() as conn:
-        found = {state: int(n) for state, n in conn.execute(query)}
-    return {state: found.get(state, 0) for state in (PENDING, SENT, FAILED, UNKNOWN)}
-
-
 # --- sending ---------------------------------------------------------------------
 
 
@@ -253,10 +141,10 @@ async def send_now(api: AatroxClient, sms: OutboundSms) -> Sent:
 class Attempt:
     """What one send came to, as written back to its row."""
 
-    #: SENT, FAILED, UNKNOWN or RETRY.
+    #: SENT, FAILED, UNKNOWN or RETRY (for the log and the metrics).
     outcome: str
-    #: Columns to write: state, next_attempt_at, last_status, last_error...
-    values: dict[str, Any] = field(default_factory=dict)
+    #: What is written back to the SMS's row.
+    written: SendOutcome
 
 
 class Outbox(Worker[OutboundSms]):
@@ -274,7 +162,7 @@ class Outbox(Worker[OutboundSms]):
         events: Events | None = None,
         retry_unknown: bool = DEFAULT_RETRY_UNKNOWN,
     ) -> None:
-        super().__init__(clock, concurrency, store, outbound, events)
+        super().__init__(clock, concurrency, store, "outbound", events)
         self.api = api
         self.backoff = Backoff(RETRY_INITIAL, RETRY_MAX, GIVE_UP_AFTER)
         #: ``[outbound] retry_unknown``: send again when an attempt's outcome is unknown.
@@ -285,11 +173,11 @@ class Outbox(Worker[OutboundSms]):
 
     async def claim(self, limit: int) -> list[OutboundSms]:
         """Claim due outbound SMS."""
-        return await self.store.call(claim, self.store.sync, limit)
+        return await self.store.call(self.store.sync.claim_outbound, limit)
 
     async def next_due(self) -> datetime | None:
         """When the next outbound SMS falls due."""
-        return await self.store.call(next_due, self.store.sync)
+        return await self.store.call(self.store.sync.next_outbound_due)
 
     async def process(self, item: OutboundSms) -> None:
         """Send one SMS and record the result."""
@@ -301,14 +189,14 @@ class Outbox(Worker[OutboundSms]):
         else:
             attempt = Attempt(
                 SENT,
-                {
-                    "state": SENT,
-                    "sent_at": self.clock.now(),
-                    "last_status": 200,
-                    "last_error": None,
-                    "provider_ids": json.dumps(list(sent.ids)),
-                    "provider_status": sent.status,
-                },
+                SendOutcome(
+                    SENT,
+                    last_status=200,
+                    last_error=None,
+                    sent_at=self.clock.now(),
+                    provider_ids=sent.ids,
+                    provider_status=sent.status,
+                ),
             )
         self._decided[item.id] = (started, attempt)
         await self._record(item, started, attempt)
@@ -321,10 +209,10 @@ class Outbox(Worker[OutboundSms]):
             attempt = self._unknown(item, internal_error(exc), None)
         await self._record(item, started, attempt)
 
-    def released(self) -> dict[str, Any]:
+    def released(self) -> str | None:
         """An SMS handed back without an outcome may have been sent: unknown, unless
         ``retry_unknown``, where it is sent again once due."""
-        return {} if self.retry_unknown else {"state": UNKNOWN, "last_error": LOST_TRACK}
+        return None if self.retry_unknown else LOST_TRACK
 
     def _failure(self, item: OutboundSms, exc: ApiError) -> Attempt:
         """What an API error means for ``item``, its backoff counted from now (when the
@@ -332,24 +220,22 @@ class Outbox(Worker[OutboundSms]):
         if isinstance(exc, ApiOutcomeUnknown):
             return self._unknown(item, str(exc), exc.status)
         if isinstance(exc, ApiBadRequest):
-            return Attempt(FAILED, {"state": FAILED, "last_status": 400, "last_error": str(exc)})
-        values: dict[str, Any] = {"last_status": exc.status, "last_error": str(exc)}
+            return Attempt(FAILED, SendOutcome(FAILED, last_status=400, last_error=str(exc)))
         retry_after = exc.retry_after if isinstance(exc, ApiRateLimited) else None
         nxt = self._next_attempt(item, retry_after) if exc.retryable else None
         if nxt is None:
-            return Attempt(FAILED, {**values, "state": FAILED})
-        return Attempt(RETRY, {**values, "next_attempt_at": nxt})
+            return Attempt(FAILED, SendOutcome(FAILED, exc.status, str(exc)))
+        return Attempt(RETRY, SendOutcome(PENDING, exc.status, str(exc), next_attempt_at=nxt))
 
     def _unknown(self, item: OutboundSms, error: str, status: int | None) -> Attempt:
         """An attempt that may or may not have sent ``item``: kept as ``unknown``, or with
         ``retry_unknown`` tried again after a backoff (``failed`` past the give-up time)."""
-        values: dict[str, Any] = {"last_status": status, "last_error": error}
         if not self.retry_unknown:
-            return Attempt(UNKNOWN, {**values, "state": UNKNOWN})
+            return Attempt(UNKNOWN, SendOutcome(UNKNOWN, status, error))
         nxt = self._next_attempt(item, None)
         if nxt is None:
-            return Attempt(FAILED, {**values, "state": FAILED})
-        return Attempt(UNKNOWN, {**values, "next_attempt_at": nxt})
+            return Attempt(FAILED, SendOutcome(FAILED, status, error))
+        return Attempt(UNKNOWN, SendOutcome(PENDING, status, error, next_attempt_at=nxt))
 
     def _next_attempt(self, item: OutboundSms, retry_after: float | None) -> datetime | None:
         return self.backoff.next_attempt(
@@ -362,9 +248,7 @@ class Outbox(Worker[OutboundSms]):
 
     async def _record(self, item: OutboundSms, started: datetime, attempt: Attempt) -> None:
         """Write ``attempt`` back (releasing the claim), then log and count it."""
-        await self.store.call(
-            record, self.store.sync, item.id, last_attempt_at=started, **attempt.values
-        )
+        await self.store.call(self.store.sync.record_send, item.id, started, attempt.written)
         event = {
             "id": item.id,
             "kind": item.kind,
@@ -372,11 +256,11 @@ class Outbox(Worker[OutboundSms]):
             "recipients": len(item.recipients),
             "attempt": item.attempts + 1,
         }
-        values = attempt.values
-        nxt = values.get("next_attempt_at")
+        written = attempt.written
+        nxt = written.next_attempt_at
         retry = {"next_attempt_at": nxt.isoformat()} if nxt is not None else {}
         if attempt.outcome == SENT:
-            ids = json.loads(values["provider_ids"])
+            ids = written.provider_ids or ()
             log.info("relay.outbox.sent", extra=fields(**event, provider_ids=",".join(ids)))
             self.events.outbound(SENT)
         elif attempt.outcome == UNKNOWN:
@@ -384,15 +268,15 @@ class Outbox(Worker[OutboundSms]):
             log.log(
                 level,
                 "relay.outbox.unknown",
-                extra=fields(**event, error=values["last_error"], **retry),
+                extra=fields(**event, error=written.last_error, **retry),
             )
             self.events.outbound(UNKNOWN)
         elif attempt.outcome == FAILED:
-            log.error("relay.outbox.failed", extra=fields(**event, error=values["last_error"]))
+            log.error("relay.outbox.failed", extra=fields(**event, error=written.last_error))
             self.events.outbound(FAILED)
         else:
             log.warning(
                 "relay.outbox.retry_scheduled",
-                extra=fields(**event, error=values["last_error"], **retry),
+                extra=fields(**event, error=written.last_error, **retry),
             )
         self._decided.pop(item.id, None)

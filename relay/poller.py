@@ -33,7 +33,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from relay.api import AatroxClient
 from relay.clock import Clock, within
@@ -51,7 +50,7 @@ from relay.inbound import InboundMessage
 from relay.logs import fields
 from relay.logs import number as shown
 from relay.retry import poll_delay
-from relay.store import AsyncStore, NumberRecord
+from relay.store import AsyncStore, NumberRecord, SavedPollState
 
 log = logging.getLogger("relay.poller")
 
@@ -142,19 +141,19 @@ class NumberState:
             self.gaps = record.gaps
         self.longest = max(self.longest, record.longest_listing)
 
-    def row(self) -> dict[str, Any]:
+    def row(self) -> SavedPollState:
         """This state as :meth:`Store.save_poll_states` wants it."""
-        return {
-            "number": self.config.number,
-            "last_poll_at": self.last_poll,
-            "last_success_at": self.last_success,
-            "consecutive_failures": self.failures,
-            "last_error": self.last_error,
-            "longest_listing": self.longest,
-            "gap_since": self.gap_since,
-            "gaps": self.gaps,
-            "unresolved": self.unresolved,
-        }
+        return SavedPollState(
+            number=self.config.number,
+            last_poll_at=self.last_poll,
+            last_success_at=self.last_success,
+            consecutive_failures=self.failures,
+            last_error=self.last_error,
+            longest_listing=self.longest,
+            gap_since=self.gap_since,
+            gaps=self.gaps,
+            unresolved=self.unresolved,
+        )
 
     def remember(self, ids: Sequence[str], limit: int) -> None:
         """Add ``ids`` to the seen set, forgetting the oldest beyond ``limit``."""
@@ -226,7 +225,7 @@ class Poller:
             if record is not None:
                 state.load(record)
 
-    def take_changed_states(self) -> list[dict[str, Any]]:
+    def take_changed_states(self) -> list[SavedPollState]:
         """Poll states changed since the last call, as :meth:`Store.save_poll_states` wants."""
         rows = []
         for state in self.states.values():

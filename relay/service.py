@@ -48,7 +48,7 @@ from relay.metrics import (
     UNKNOWN,
     Metrics,
 )
-from relay.outbox import check_text, queue_send
+from relay.outbox import check_text
 from relay.phone import valid_number
 from relay.systemd import Notifier
 
@@ -224,7 +224,7 @@ class Service:
             return json_response({"error": str(exc)}, 400)
         store = self.relay.store
         try:
-            sms_id = await store.call(queue_send, store.sync, sender, recipients, text, disclaimer)
+            sms_id = await store.call(store.sync.queue_send, sender, recipients, text, disclaimer)
         except RelayError as exc:
             return json_response({"error": str(exc)}, 503)
         self.relay.outbox.wake()

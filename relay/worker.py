@@ -7,7 +7,7 @@ or its next item falls due. Webhook lanes and the outbox are workers.
 Every claimed item ends in a recorded outcome or a handed-back claim, never in a
 claim that outlives the work (the lease keeper renews every claim of this relay):
 when :meth:`Worker.process` raises, :meth:`Worker.failed` records an outcome; when
-even that fails, the claim is released (:func:`release`) to fall due again after
+even that fails, the claim is released (:meth:`Store.release`) to fall due again after
 ``store.lease``, as if this relay had died, so a failure that repeats costs one
 attempt per lease rather than a tight loop.
 """
@@ -19,17 +19,15 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
-
-import sqlalchemy as sa
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
 
 from relay.clock import Clock
 from relay.errors import StoreError
 from relay.events import Events
 from relay.logs import fields
-from relay.store import AsyncStore, Store
+from relay.store import AsyncStore, Queue
 
 log = logging.getLogger("relay.worker")
 
@@ -56,31 +54,6 @@ class Item(Protocol):
 ItemT = TypeVar("ItemT", bound=Item)
 
 
-def release(
-    store: Store,
-    table: sa.Table,
-    ids: Sequence[int],
-    pause: float,
-    values: Mapping[str, Any],
-) -> int:
-    """Hand back this relay's claims on rows ``ids`` of a queue table (``deliveries`` or
-    ``outbound``): due again ``pause`` seconds from now, with ``values`` written too.
-    Rows another relay claimed meanwhile are left alone. How many were released."""
-    now = store.clock.now()
-    with store.engine.begin() as conn:
-        result = conn.execute(
-            table.update()
-            .where(table.c.id.in_(list(ids)), table.c.claimed_by == store.relay_id)
-            .values(
-                claimed_by=None,
-                claim_expires_at=None,
-                next_attempt_at=now + timedelta(seconds=pause),
-                **values,
-            )
-        )
-        return int(result.rowcount or 0)
-
-
 def internal_error(exc: BaseException) -> str:
     """The one-line error stored for an item whose processing raised ``exc`` (a bug):
     its type only, as its message may hold anything; the log has the traceback."""
@@ -98,14 +71,14 @@ class Worker(ABC, Generic[ItemT]):
         clock: Clock,
         concurrency: int,
         store: AsyncStore,
-        table: sa.Table,
+        queue: Queue,
         events: Events | None = None,
     ) -> None:
         self.clock = clock
         self.concurrency = concurrency
         self.store = store
-        #: The queue table whose rows this worker claims.
-        self.table = table
+        #: The queue whose rows this worker claims.
+        self.queue: Queue = queue
         self.events = events or Events()
         #: Claimed items whose outcome could not be recorded: their claims are handed
         #: back before the next claim.
@@ -136,9 +109,10 @@ class Worker(ABC, Generic[ItemT]):
         """Record an outcome for ``item``, whose :meth:`process` raised ``exc``: a retry
         with backoff from now, or a final state. Raises when it cannot be recorded."""
 
-    def released(self) -> Mapping[str, Any]:
-        """Column values written with a claim handed back without an outcome (none here)."""
-        return {}
+    def released(self) -> str | None:
+        """The error an item handed back without an outcome is settled ``unknown`` with;
+        None (here): it is simply due again."""
+        return None
 
     def abandon(self, item_id: int) -> None:
         """The outcome of ``item_id`` could not be recorded: hand its claim back soon."""
@@ -214,7 +188,7 @@ class Worker(ABC, Generic[ItemT]):
 
     async def _release(self, ids: Sequence[int], pause: float) -> int:
         return await self.store.call(
-            release, self.store.sync, self.table, ids, pause, self.released()
+            self.store.sync.release, self.queue, ids, pause, unknown=self.released()
         )
 
     async def run(self) -> None:

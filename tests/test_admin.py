@@ -15,10 +15,8 @@ from relay.admin import ago, printable
 from relay.cli import main
 from relay.clock import SystemClock
 from relay.inbound import InboundMessage
-from relay.leases import balance
-from relay.outbox import queue_send, record
-from relay.schema import deliveries, messages, outbound
-from relay.store import Outcome, Reply, Store
+from relay.store import Outcome, Reply, SendOutcome, Store
+from relay.store.schema import deliveries, messages, outbound
 from relay.testing.clock import FakeClock
 from relay.testing.faults import Fault
 from relay.testing.receiver import Rule, WebhookReceiver
@@ -159,7 +157,7 @@ def test_status_never_polled_and_leases(
         tmp_path / "relay.toml", NOWHERE, NOWHERE, sqlite_url, extra="[log]\npii = true\n"
     )
     relay = Store.open(sqlite_url, SystemClock(), relay_id="relay-a")
-    balance(relay, [NUMBERS[0]])
+    relay.balance([NUMBERS[0]])
     _seed(relay, ["pending"])
     relay.close()
     code, out, _err = _run(capsys, "status", "--config", str(path))
@@ -371,9 +369,9 @@ def test_prune_deletes_old_outbound_sms(
     config: Path, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """prune applies store.retention to outbound SMS too, and says how many went."""
-    sent = queue_send(store, NUMBERS[0], [SENDER], "an old text")
+    sent = store.queue_send(NUMBERS[0], [SENDER], "an old text")
     long_ago = datetime.now(timezone.utc) - timedelta(days=40)
-    record(store, sent, state="sent", last_attempt_at=long_ago, sent_at=long_ago)
+    store.record_send(sent, long_ago, SendOutcome("sent", None, None, sent_at=long_ago))
     _seed(store, ["replied"], ago_s=40 * 86400)
     code, out, _err = _run(capsys, "prune", "--config", str(config))
     assert code == 0

@@ -34,8 +34,8 @@ from relay.errors import (
     ApiResponseTooLarge,
     ApiServerError,
 )
-from relay.schema import DELIVERED, deliveries
 from relay.store import DueDelivery
+from relay.store.schema import DELIVERED, deliveries
 from relay.testing.clock import FakeClock
 from relay.testing.faults import Fault
 from relay.testing.receiver import Rule, WebhookReceiver

@@ -15,8 +15,8 @@ from relay.daemon import Relay
 from relay.dispatcher import Dispatcher
 from relay.inbound import InboundMessage
 from relay.retry import NoJitter
-from relay.schema import DELIVERED
 from relay.store import AsyncStore, Store
+from relay.store.schema import DELIVERED
 from relay.testing.clock import FakeClock
 from relay.testing.faults import Fault
 from relay.testing.receiver import Rule, WebhookReceiver

@@ -17,9 +17,9 @@ from relay.config import Backfill, Config
 from relay.daemon import Relay
 from relay.metrics import Metrics, number_label
 from relay.poller import DETAILS_EAGER_RETRIES, DETAILS_GIVE_UP
-from relay.schema import messages
 from relay.sentry import Alerts
 from relay.service import Telemetry
+from relay.store.schema import messages
 from relay.testing.clock import FakeClock
 from relay.testing.faults import Fault
 from relay.testing.receiver import Rule, WebhookReceiver
@@ -298,7 +298,7 @@ async def test_a_replayed_delivery_does_not_inflate_the_latency_histogram(
         sim.inject(SENDER, NUMBER, "dead, then replayed")
         await relay.poll_once()  # 410: dead at once
         clock.advance(86400)
-        assert admin.replay(relay.store.sync, dead=True).queued == 1
+        assert relay.store.sync.replay(dead=True).queued == 1
         sim.inject(SENDER, NUMBER, "fresh")
         await relay.poll_once()
     name = "aatrox_relay_delivery_latency_seconds_count"

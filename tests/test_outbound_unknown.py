@@ -37,9 +37,9 @@ from relay.errors import (
     ApiServerError,
 )
 from relay.events import Events
-from relay.outbox import Outbox, counts, queue_send
-from relay.schema import PENDING, SENT, UNKNOWN, outbound
+from relay.outbox import Outbox
 from relay.store import AsyncStore, Store
+from relay.store.schema import PENDING, SENT, UNKNOWN, outbound
 from relay.testing.clock import FakeClock
 from relay.testing.faults import Fault
 from relay.testing.receiver import WebhookReceiver
@@ -182,7 +182,7 @@ async def test_an_unknown_send_is_not_sent_again(
     """A send answered too late, or reset after the request, reaches the API once and
     ends unknown (logged, counted); a day later it still has not been sent again."""
     sim.add_fault(fault)
-    queue_send(store.sync, NUMBERS[0], [SENDER], "hello")
+    store.sync.queue_send(NUMBERS[0], [SENDER], "hello")
     caplog.set_level(logging.INFO, logger="relay")
     events = await attempt(store, sim.url, clock)
     clock.advance(86400)
@@ -201,7 +201,7 @@ async def test_retry_unknown_sends_again_after_a_backoff(
     """With retry_unknown, an unknown send is tried again after a backoff counted from
     when the failure was seen, not at once."""
     sim.add_fault(TOO_LATE)
-    queue_send(store.sync, NUMBERS[0], [SENDER], "hello")
+    store.sync.queue_send(NUMBERS[0], [SENDER], "hello")
     started = clock.now()
     events = await attempt(store, sim.url, clock, elapse=True, retry_unknown=True)
     sms = row(store)
@@ -225,7 +225,7 @@ async def test_a_send_that_did_not_leave_backs_off_from_when_it_failed(
     url = closed_port_url() if fault is None else sim.url
     if fault is not None:
         sim.add_fault(fault)
-    queue_send(store.sync, NUMBERS[0], [SENDER], "hello")
+    store.sync.queue_send(NUMBERS[0], [SENDER], "hello")
     started = clock.now()
     events = await attempt(store, url, clock, elapse=True)
     sms = row(store)
@@ -248,12 +248,12 @@ async def test_one_queued_send_reaches_a_late_api_once_and_shows_in_status(
     async with Relay(config) as relay:
         # Quick retries, so a wrong retry would show within the test.
         relay.outbox.backoff = dataclasses.replace(relay.outbox.backoff, initial=0.1, maximum=0.2)
-        await relay.store.call(queue_send, relay.store.sync, NUMBERS[0], [SENDER], "hello")
+        await relay.store.call(relay.store.sync.queue_send, NUMBERS[0], [SENDER], "hello")
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop))
         try:
             async with asyncio.timeout(15):
-                while (await relay.store.call(counts, relay.store.sync))[UNKNOWN] < 1:
+                while (await relay.store.call(relay.store.sync.outbound_counts))[UNKNOWN] < 1:
                     await asyncio.sleep(0.05)
             await asyncio.sleep(1.0)  # time for a wrong repeat to arrive
         finally:

@@ -110,9 +110,7 @@ async def test_api_errors_are_retried_and_400_is_final(
                 await asyncio.sleep(0.05)
         stop.set()
         await task
-        from relay import outbox
-
-        counts = await relay.store.call(outbox.counts, relay.store.sync)
+        counts = await relay.store.call(relay.store.sync.outbound_counts)
     assert [s.text for s in sim.sent] == ["first"]
     assert counts == {"pending": 0, "sent": 1, "failed": 1, "unknown": 0}
 

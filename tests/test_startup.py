@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from relay.config import NumberConfig
 from relay.scheduler import FIRST_POLLS_WITHIN, SlotTrigger, capped_jitter, plan
-from relay.schema import numbers as numbers_table
+from relay.store.schema import numbers as numbers_table
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator

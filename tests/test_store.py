@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -16,8 +17,16 @@ import sqlalchemy as sa
 
 from relay.daemon import InstanceLock
 from relay.inbound import InboundMessage
-from relay.outbox import queue_send, record
-from relay.schema import (
+from relay.store import (
+    Outcome,
+    Pruned,
+    Reply,
+    SavedPollState,
+    SendOutcome,
+    Store,
+    webhook_id,
+)
+from relay.store.schema import (
     DEAD,
     DELIVERED,
     FAILED,
@@ -27,13 +36,6 @@ from relay.schema import (
     deliveries,
     messages,
     outbound,
-)
-from relay.store import (
-    Outcome,
-    Pruned,
-    Reply,
-    Store,
-    webhook_id,
 )
 from relay.testing.clock import FakeClock
 
@@ -269,21 +271,21 @@ def test_numbers_remember_when_they_were_first_configured(store: Store, clock: F
 def test_poll_state_round_trips(store: Store) -> None:
     """Gap state and the longest listing saved by save_poll_states come back on load."""
     store.load_numbers([NUMBER])
-    row = {
-        "number": NUMBER,
-        "last_poll_at": T0,
-        "last_success_at": T0,
-        "consecutive_failures": 0,
-        "last_error": None,
-        "longest_listing": 1000,
-        "gap_since": T0,
-        "gaps": 3,
-        "unresolved": 2,
-    }
+    row = SavedPollState(
+        number=NUMBER,
+        last_poll_at=T0,
+        last_success_at=T0,
+        consecutive_failures=0,
+        last_error=None,
+        longest_listing=1000,
+        gap_since=T0,
+        gaps=3,
+        unresolved=2,
+    )
     store.save_poll_states([row])
     loaded = store.load_numbers([NUMBER])[NUMBER]
     assert (loaded.longest_listing, loaded.gap_since, loaded.gaps) == (1000, T0, 3)
-    store.save_poll_states([{**row, "gap_since": None}])
+    store.save_poll_states([dataclasses.replace(row, gap_since=None)])
     assert store.load_numbers([NUMBER])[NUMBER].gap_since is None
 
 
@@ -301,14 +303,14 @@ def test_prune_deletes_settled_outbound_sms(store: Store, clock: FakeClock) -> N
     )
     with store.engine.connect() as conn:
         sent_reply, pending_reply = conn.scalars(sa.select(outbound.c.id).order_by(outbound.c.id))
-    record(store, sent_reply, state=SENT, last_attempt_at=clock.now(), sent_at=clock.now())
+    store.record_send(sent_reply, clock.now(), SendOutcome(SENT, None, None, sent_at=clock.now()))
     old = {}
     for state in (SENT, FAILED, UNKNOWN, PENDING):
-        old[state] = queue_send(store, NUMBER, ["+61412345678"], f"old {state}")
-        record(store, old[state], state=state, last_attempt_at=clock.now())
+        old[state] = store.queue_send(NUMBER, ["+61412345678"], f"old {state}")
+        store.record_send(old[state], clock.now(), SendOutcome(state, None, None))
     clock.advance(2 * 86400)
-    recent = queue_send(store, NUMBER, ["+61412345678"], "recent")
-    record(store, recent, state=SENT, last_attempt_at=clock.now(), sent_at=clock.now())
+    recent = store.queue_send(NUMBER, ["+61412345678"], "recent")
+    store.record_send(recent, clock.now(), SendOutcome(SENT, None, None, sent_at=clock.now()))
 
     pruned = store.apply_retention(86400)
 

@@ -22,10 +22,10 @@ from relay.daemon import Relay
 from relay.dispatcher import Dispatcher, Lane
 from relay.events import Events
 from relay.inbound import InboundMessage
-from relay.outbox import OutboundSms, Outbox, queue_send
+from relay.outbox import Outbox
 from relay.retry import NoJitter
-from relay.schema import DELIVERED, PENDING, UNKNOWN, deliveries, outbound
-from relay.store import AsyncStore, DueDelivery, Store
+from relay.store import AsyncStore, DueDelivery, OutboundSms, Store
+from relay.store.schema import DELIVERED, PENDING, UNKNOWN, deliveries, outbound
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
@@ -258,7 +258,7 @@ async def test_an_exception_in_a_send_is_recorded_as_unknown(
 ) -> None:
     """An outbound SMS whose attempt raises is recorded as unknown (it may have left), its
     claim released, never sent again by default."""
-    sms_id = queue_send(store.sync, NUMBERS[0], [SENDER], "hello")
+    sms_id = store.sync.queue_send(NUMBERS[0], [SENDER], "hello")
     api = AatroxClient(relay_config("http://127.0.0.1:9", BAD_URL, "sqlite://").api)
     events = Recorded()
     outbox = Crashing(store, api, now_clock, NoJitter(), events=events)

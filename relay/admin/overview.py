@@ -1,0 +1,92 @@
+"""The ``status`` command: each number's polls and lease, each webhook's queue, outbound SMS.
+
+(Named ``overview``, not ``status``, so that :func:`relay.admin.status` stays a function.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from relay import logs
+from relay.admin.render import NONE, ago, cell, dumps, table
+from relay.config import Config
+from relay.store import NumberStatus, Status, Store, open_existing
+from relay.store.schema import UNKNOWN
+
+#: What ``status`` says of outbound SMS whose send had an unknown outcome.
+UNKNOWN_HINT = (
+    "the request went out and no answer came: check with the provider before sending again"
+    " (relay.outbox.unknown in the log; [outbound] retry_unknown = true retries them)"
+)
+
+
+def status(store: Store, config: Config) -> Status:
+    """Every configured number and webhook (and any other webhook with deliveries)."""
+    return store.read_status([c.number for c in config.numbers], [h.name for h in config.webhooks])
+
+
+def status_json(found: Status) -> dict[str, Any]:
+    """The ``status --json`` document."""
+    doc = asdict(found)
+    for number in doc["numbers"]:
+        number["number"] = logs.number(number["number"])
+    return doc
+
+
+def status_text(found: Status) -> str:
+    """``status`` for a terminal: aligned columns, ages relative to now."""
+    now = found.now
+    numbers_table = table(
+        ["NUMBER", "LAST POLL", "LAST SUCCESS", "FAILURES", "GAP", "LEASE", "LAST ERROR"],
+        [
+            [
+                logs.number(n.number),
+                ago(n.last_poll_at, now),
+                ago(n.last_success_at, now),
+                str(n.consecutive_failures),
+                _gap(n, now),
+                cell(n.lease_owner),
+                cell(n.last_error),
+            ]
+            for n in found.numbers
+        ],
+    )
+    hooks_table = table(
+        ["WEBHOOK", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING", "LAST ERROR"],
+        [
+            [
+                w.name if w.configured else f"{w.name} (not configured)",
+                str(w.pending),
+                str(w.dead),
+                str(w.delivered),
+                ago(w.oldest_pending_at, now, NONE),
+                cell(w.last_error and f"{ago(w.last_error_at, now)}: {w.last_error}"),
+            ]
+            for w in found.webhooks
+        ],
+    )
+    outbox = ", ".join(f"{n} {state}" for state, n in found.outbound.items())
+    if found.outbound.get(UNKNOWN):
+        outbox += f"\n  {UNKNOWN}: {UNKNOWN_HINT}"
+    return f"numbers\n{numbers_table}\nwebhooks\n{hooks_table}\noutbound sms: {outbox}"
+
+
+def _gap(n: NumberStatus, now: datetime) -> str:
+    """What ``status`` says of a number's gaps and unresolved messages."""
+    parts = []
+    if n.gap_since is not None:
+        parts.append(f"began {ago(n.gap_since, now)}")
+    if n.gaps:
+        parts.append(f"{n.gaps} ever")
+    if n.unresolved:
+        parts.append(f"{n.unresolved} unresolved")
+    return ", ".join(parts) or NONE
+
+
+def status_report(config: Config, *, as_json: bool) -> str:
+    """What ``status`` prints."""
+    with open_existing(config.store.url, lease=config.store.lease) as store:
+        found = status(store, config)
+    return dumps(status_json(found)) if as_json else status_text(found)

@@ -1,0 +1,172 @@
+"""Deliveries to webhooks: claiming the due ones, writing back what each attempt came
+to (with the reply it asked for, in the same transaction), and the queue's figures."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from relay.store.base import StoreBase
+from relay.store.records import DueDelivery, Outcome
+from relay.store.schema import DEAD, DELIVERED, PENDING, UtcDateTime, deliveries, messages, outbound
+
+
+def _due_columns() -> sa.Select[Any]:
+    return sa.select(
+        deliveries.c.id,
+        deliveries.c.webhook,
+        deliveries.c.webhook_id,
+        deliveries.c.attempts,
+        deliveries.c.queued_at,
+        messages.c.number,
+        messages.c.provider_id,
+        messages.c.sender,
+        messages.c.recipient,
+        messages.c.text,
+        messages.c.received_at,
+        deliveries.c.last_attempt_at,
+    ).join(messages, messages.c.id == deliveries.c.message_id)
+
+
+def _save_outcome() -> sa.Update:
+    """One attempt's result, written back by ``executemany`` (parameters ``b_*``)."""
+    ts = UtcDateTime()
+    return (
+        deliveries.update()
+        .where(deliveries.c.id == sa.bindparam("b_id"))
+        .values(
+            state=sa.bindparam("b_state"),
+            attempts=deliveries.c.attempts + 1,
+            last_attempt_at=sa.bindparam("b_at", type_=ts),
+            last_status=sa.bindparam("b_status", type_=sa.Integer()),
+            last_error=sa.bindparam("b_error", type_=sa.Text()),
+            delivered_at=sa.bindparam("b_delivered_at", type_=ts),
+            next_attempt_at=sa.func.coalesce(
+                sa.bindparam("b_next", type_=ts), deliveries.c.next_attempt_at
+            ),
+            claimed_by=None,
+            claim_expires_at=None,
+        )
+    )
+
+
+#: Built once: the statement :meth:`Deliveries.save_outcomes` runs for every batch.
+SAVE_OUTCOME = _save_outcome()
+
+
+class Deliveries(StoreBase):
+    """Delivering's side of the store: the ``deliveries`` queue."""
+
+    @functools.cached_property
+    def _queue_reply(self) -> Any:
+        """Queue a reply, at most one per delivery (this dialect's ``ON CONFLICT``)."""
+        return self.insert(outbound).on_conflict_do_nothing(index_elements=[outbound.c.delivery_id])
+
+    def claim(self, webhook: str, limit: int) -> list[DueDelivery]:
+        """Claim up to ``limit`` due deliveries to ``webhook`` for this relay, oldest first."""
+        with self.engine.begin() as conn:
+            ids = self.claim_ids(conn, deliveries, limit, deliveries.c.webhook == webhook)
+            if not ids:
+                return []
+            rows = conn.execute(
+                _due_columns()
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            )
+            return [DueDelivery(*row) for row in rows]
+
+    def next_due(self, webhook: str) -> datetime | None:
+        """When the next pending delivery to ``webhook`` that this relay is not already
+        sending can be claimed: its retry time, or when another relay's claim runs out."""
+        unclaimed = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+            deliveries.c.webhook == webhook,
+            deliveries.c.state == PENDING,
+            deliveries.c.claimed_by.is_(None),
+        )
+        with self.engine.connect() as conn:
+            found = [conn.execute(unclaimed).scalar_one_or_none()]
+            if not self.alone:
+                others = sa.select(sa.func.min(deliveries.c.claim_expires_at)).where(
+                    deliveries.c.claimed_by.is_not(None),
+                    deliveries.c.claimed_by != self.relay_id,
+                    deliveries.c.webhook == webhook,
+                    deliveries.c.state == PENDING,
+                )
+                found.append(conn.execute(others).scalar_one_or_none())
+        times = [t for t in found if t is not None]
+        return min(times) if times else None
+
+    def save_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Write back a batch of attempt results in one transaction, releasing their claims.
+
+        A reply that came with a 2xx is queued in the same transaction, at most
+        once per delivery: a repeated delivery's reply is ignored.
+        """
+        if not outcomes:
+            return
+        rows = [
+            {
+                "b_id": o.delivery_id,
+                "b_state": o.state,
+                "b_at": o.attempted_at,
+                "b_status": o.status,
+                "b_error": o.error,
+                "b_delivered_at": o.attempted_at if o.state == DELIVERED else None,
+                "b_next": o.next_attempt_at,
+            }
+            for o in outcomes
+        ]
+        replies = [
+            {
+                "kind": "reply",
+                "delivery_id": o.delivery_id,
+                "sender": o.reply.sender,
+                "recipients": json.dumps([o.reply.recipient]),
+                "text": o.reply.text,
+                "disclaimer": o.reply.disclaimer,
+                "state": PENDING,
+                "queued_at": o.attempted_at,
+                "next_attempt_at": o.attempted_at,
+            }
+            for o in outcomes
+            if o.reply is not None
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(SAVE_OUTCOME, rows)
+            if replies:
+                conn.execute(self._queue_reply, replies)
+
+    def queue_stats(self) -> dict[str, tuple[int, int, datetime | None]]:
+        """Per webhook: pending deliveries, dead ones, and when the oldest pending was queued."""
+        query = (
+            sa.select(
+                deliveries.c.webhook,
+                deliveries.c.state,
+                sa.func.count(),
+                sa.func.min(deliveries.c.queued_at),
+            )
+            .where(deliveries.c.state.in_([PENDING, DEAD]))
+            .group_by(deliveries.c.webhook, deliveries.c.state)
+        )
+        stats: dict[str, tuple[int, int, datetime | None]] = {}
+        with self.engine.connect() as conn:
+            for hook, state, count, oldest in conn.execute(query):
+                pending, dead, first = stats.get(hook, (0, 0, None))
+                if state == PENDING:
+                    pending, first = int(count), oldest
+                else:
+                    dead = int(count)
+                stats[hook] = (pending, dead, first)
+        return stats
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries by state, for status lines and tests."""
+        query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
+        with self.engine.connect() as conn:
+            found = {state: int(n) for state, n in conn.execute(query)}
+        return {state: found.get(state, 0) for state in (PENDING, DELIVERED, DEAD)}
