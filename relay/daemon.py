@@ -27,7 +27,8 @@ from relay.events import Events
 from relay.leases import LeaseKeeper
 from relay.logs import fields
 from relay.outbox import Outbox
-from relay.poller import Poller, PollResult
+from relay.poller import Poller
+from relay.pollstate import PollResult
 from relay.retry import Jitter
 from relay.scheduler import Scheduler
 from relay.store import AsyncStore, Store, private_file, sqlite_file

@@ -10,13 +10,10 @@ The deduplication rule, in order, for each message the API lists:
 3. Otherwise looked up in the store, all such ids of one poll in one batch.
 
 What is left is new. New messages that will be delivered but lack a sender or a
-text (a listing of "message IDs with timestamps") are completed from
-``GET /sms/{id}``; backfill (what a number held before it was configured) is
-recorded as it is, without fetching anything. Then the new messages are recorded
-and their deliveries queued in one transaction. Only after that commit does
-anything else learn of them. A message whose details cannot be had now stays
-unrecorded and is tried again on later polls (backing off per message); one still
-incomplete :data:`DETAILS_GIVE_UP` after the provider received it is reported once.
+text are completed from their details first (:mod:`relay.details`); backfill (what a
+number held before it was configured) is recorded as it is, without fetching
+anything. Then the new messages are recorded and their deliveries queued in one
+transaction. Only after that commit does anything else learn of them.
 
 Gaps: the API documents no paging, so a number that receives more messages
 between two polls than a listing holds loses the oldest before the relay sees
@@ -31,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from relay.api import AatroxClient
 from relay.clock import Clock, within
-from relay.config import Config, NumberConfig
+from relay.config import Config
+from relay.details import DETAILS_TIMEOUTS, Details
 from relay.errors import (
-    ApiError,
     ApiRateLimited,
     ApiUnauthorized,
     ConfigError,
@@ -49,25 +45,14 @@ from relay.events import Events
 from relay.inbound import InboundMessage
 from relay.logs import fields
 from relay.logs import number as shown
+from relay.pollstate import NumberState, PollResult
 from relay.retry import poll_delay
-from relay.store import AsyncStore, NumberRecord, SavedPollState
+from relay.store import AsyncStore, SavedPollState
 
 log = logging.getLogger("relay.poller")
 
 #: Ids remembered per number in memory, beyond what one listing returns.
 SEEN_CACHE_MIN = 2048
-#: Details of incomplete messages fetched at once, per poll.
-DETAILS_CONCURRENCY = 8
-#: How long the details of one poll may take, in API timeouts (the listing took one).
-DETAILS_TIMEOUTS = 2
-#: A message whose details failed is tried again at every poll this many times (it may
-#: leave the listing soon), then after its number's interval, doubling with each further
-#: failure up to :data:`DETAILS_RETRY_MAX` seconds.
-DETAILS_EAGER_RETRIES = 3
-DETAILS_RETRY_MAX = 300.0
-#: A listed message still incomplete this long after the provider received it is
-#: reported once (log, metric, ``status``); it is still tried while it is listed.
-DETAILS_GIVE_UP = 3600.0
 #: Messages the provider received up to this long before a number was configured are
 #: delivered too: the provider's clock and ours may disagree a little.
 BACKFILL_GRACE = 60.0
@@ -83,104 +68,6 @@ STALE_TOKEN_SOURCES = {
 }
 #: Distinct skip reasons remembered per number, so each is logged once.
 SKIP_REASONS_MAX = 1000
-
-
-@dataclass
-class Incomplete:
-    """A listed message whose details could not be had yet."""
-
-    received_at: datetime
-    failures: int = 0
-    #: Monotonic time before which its details are not asked for again.
-    retry_at: float = 0.0
-    #: Reported as unresolved (once).
-    reported: bool = False
-
-
-@dataclass
-class NumberState:
-    """What this process knows of one number's polls."""
-
-    config: NumberConfig
-    failures: int = 0
-    #: Monotonic time before which polls are skipped (backing off after failures).
-    resume_at: float = 0.0
-    last_poll: datetime | None = None
-    last_success: datetime | None = None
-    last_error: str | None = None
-    last_success_monotonic: float | None = None
-    baselined: bool = False
-    #: When the number was first configured (from the store): the backfill cut.
-    configured_at: datetime | None = None
-    #: The most items one listing of this number held.
-    longest: int = 0
-    #: When the gap episode under way began; None when listings overlap.
-    gap_since: datetime | None = None
-    #: Gapped listings, ever.
-    gaps: int = 0
-    #: Messages reported as unresolved, ever.
-    unresolved: int = 0
-    #: Listed messages waiting for their details, by id.
-    incomplete: dict[str, Incomplete] = field(default_factory=dict)
-    #: Skip reasons already logged.
-    skip_reasons: set[str] = field(default_factory=set)
-    #: Changed since :meth:`Poller.take_changed_states` last looked.
-    changed: bool = False
-    #: Changed in a way worth writing at once (a gap, a longer listing, an unresolved
-    #: message), not only at the service's next periodic save.
-    urgent: bool = False
-    seen: dict[str, None] = field(default_factory=dict)
-
-    def load(self, record: NumberRecord) -> None:
-        """Take what the store knows; a state already in use keeps its fresher memory."""
-        self.baselined = self.baselined or record.first_polled_at is not None
-        if self.configured_at is None:
-            self.configured_at = record.configured_at
-            self.last_success = self.last_success or record.last_success_at
-            self.gap_since = record.gap_since
-            self.gaps = record.gaps
-        self.longest = max(self.longest, record.longest_listing)
-
-    def row(self) -> SavedPollState:
-        """This state as :meth:`Store.save_poll_states` wants it."""
-        return SavedPollState(
-            number=self.config.number,
-            last_poll_at=self.last_poll,
-            last_success_at=self.last_success,
-            consecutive_failures=self.failures,
-            last_error=self.last_error,
-            longest_listing=self.longest,
-            gap_since=self.gap_since,
-            gaps=self.gaps,
-            unresolved=self.unresolved,
-        )
-
-    def remember(self, ids: Sequence[str], limit: int) -> None:
-        """Add ``ids`` to the seen set, forgetting the oldest beyond ``limit``."""
-        seen = self.seen
-        for message_id in ids:
-            seen.pop(message_id, None)
-            seen[message_id] = None
-        excess = len(seen) - limit
-        if excess > 0:
-            for message_id in list(seen)[:excess]:
-                del seen[message_id]
-
-
-@dataclass(frozen=True)
-class PollResult:
-    """One poll's outcome, for logs, ``poll-once`` and tests."""
-
-    number: str
-    listed: int = 0
-    new: int = 0
-    queued: int = 0
-    skipped: int = 0
-    error: str | None = None
-    #: The listing held nothing seen before: messages may have been missed.
-    gap: bool = False
-    #: New messages left unrecorded for now (their details could not be had).
-    incomplete: int = 0
 
 
 class Poller:
@@ -202,6 +89,7 @@ class Poller:
         self.on_queued = on_queued
         self.events = events or Events()
         self.states = {n.number: NumberState(n) for n in config.numbers}
+        self.details = Details(api, clock, self.events)
         self._slots = asyncio.Semaphore(config.poll.concurrency)
         #: relay.token.unchanged was logged since the token last changed.
         self._stale_token_hinted = False
@@ -319,8 +207,8 @@ class Poller:
         for message in fresh:
             # Backfill is recorded as it is: nothing is fetched for what is not delivered.
             (wanted if targets(message) and not message.complete else ready).append(message)
-        completed = await self._complete(state, wanted, deadline)
-        self._forget_unlisted(state, fresh)
+        completed = await self.details.complete(state, wanted, deadline)
+        self.details.forget_unlisted(state, fresh)
         new = ready + completed
         left = len(wanted) - len(completed)
         if not new and state.baselined:
@@ -428,127 +316,6 @@ class Poller:
             state.remember(list(known), self._cache_limit(len(listed)))
         return [m for message_id, m in candidates.items() if message_id not in known]
 
-    async def _complete(
-        self, state: NumberState, wanted: list[InboundMessage], deadline: float
-    ) -> list[InboundMessage]:
-        """Complete ``wanted`` (new messages lacking a sender or a text) from their details,
-        until the monotonic ``deadline``; the ones completed.
-
-        A message whose details cannot be had now, or are still incomplete, is left out,
-        unrecorded, so later polls try it again (at once a few times, then backing off);
-        one the deadline cut off is simply due again at the next poll. Oldest go first.
-        """
-        if not wanted:
-            return []
-        number = state.config.number
-        now = self.clock.monotonic()
-        due = [m for m in wanted if state.incomplete.get(m.id, _NEVER).retry_at <= now]
-        # Oldest first: the oldest are the first to leave the listing.
-        due.sort(key=lambda m: m.received_at)
-        limit = asyncio.Semaphore(DETAILS_CONCURRENCY)
-
-        async def fetch(message: InboundMessage) -> InboundMessage | None:
-            """The message completed, or None when its details failed or are incomplete;
-            cancelled at the deadline (deferred, not failed)."""
-            async with limit:
-                try:
-                    detail = await self.api.details(message.id, number=number)
-                except ApiError as exc:
-                    log.warning(
-                        "relay.poll.details_failed",
-                        extra=fields(number=shown(number), id=message.id, error=str(exc)),
-                    )
-                    return None
-            merged = InboundMessage(
-                message.id,
-                message.sender if message.sender is not None else detail.sender,
-                message.recipient,
-                message.text if message.text is not None else detail.text,
-                message.received_at,
-            )
-            return merged if merged.complete else None
-
-        tasks = [asyncio.ensure_future(fetch(m)) for m in due]
-        completed: list[InboundMessage] = []
-        done: set[asyncio.Future[InboundMessage | None]] = set()
-        try:
-            if tasks:
-                done, _ = await asyncio.wait(
-                    tasks, timeout=max(deadline - self.clock.monotonic(), 0.0)
-                )
-        finally:
-            for task in tasks:
-                task.cancel()
-        deferred = 0
-        for message, task in zip(due, tasks, strict=True):
-            state.incomplete.setdefault(message.id, Incomplete(message.received_at))
-            if task not in done or task.cancelled():
-                deferred += 1  # the poll's time ran out first: due again next poll
-                continue
-            crash = task.exception()
-            if crash is not None:  # a bug: report it; the message is tried again later
-                log.error("relay.poll.details_crashed", extra=fields(error=_describe(crash)))
-                self.events.unexpected(crash)
-            result = task.result() if crash is None else None
-            if result is not None:
-                state.incomplete.pop(message.id, None)
-                completed.append(result)
-            else:
-                self._details_failed(state, message)
-        for message in wanted:  # not due yet: still waiting
-            state.incomplete.setdefault(message.id, Incomplete(message.received_at))
-        self._report_unresolved(state)
-        if deferred:
-            log.warning(
-                "relay.poll.details_deferred",
-                extra=fields(number=shown(number), completed=len(completed), left=deferred),
-            )
-        return completed
-
-    def _details_failed(self, state: NumberState, message: InboundMessage) -> None:
-        entry = state.incomplete.setdefault(message.id, Incomplete(message.received_at))
-        entry.failures += 1
-        backoffs = entry.failures - DETAILS_EAGER_RETRIES
-        if backoffs > 0:
-            delay = min(state.config.interval * 2 ** (backoffs - 1), DETAILS_RETRY_MAX)
-            entry.retry_at = self.clock.monotonic() + delay
-
-    def _report_unresolved(self, state: NumberState) -> None:
-        """Report, once each, the messages still incomplete :data:`DETAILS_GIVE_UP` after
-        the provider received them."""
-        cutoff = self.clock.now() - timedelta(seconds=DETAILS_GIVE_UP)
-        late = [e for e in state.incomplete.values() if not e.reported and e.received_at < cutoff]
-        self._reported(state, late, "details could not be had")
-
-    def _forget_unlisted(self, state: NumberState, fresh: Sequence[InboundMessage]) -> None:
-        """Stop waiting for details of messages that are no longer new: recorded after all
-        (by another relay), or no longer listed, which loses them: those are reported,
-        unless they were already."""
-        if not state.incomplete:
-            return
-        still = {m.id for m in fresh}
-        gone = [message_id for message_id in state.incomplete if message_id not in still]
-        lost = [
-            entry
-            for message_id in gone
-            if not (entry := state.incomplete.pop(message_id)).reported
-            and message_id not in state.seen
-        ]
-        self._reported(state, lost, "no longer listed")
-
-    def _reported(self, state: NumberState, entries: Sequence[Incomplete], reason: str) -> None:
-        if not entries:
-            return
-        for entry in entries:
-            entry.reported = True
-        state.unresolved += len(entries)
-        state.changed = state.urgent = True
-        log.error(
-            "relay.poll.unresolved",
-            extra=fields(number=shown(state.config.number), messages=len(entries), reason=reason),
-        )
-        self.events.messages_unresolved(state.config.number, len(entries))
-
     def _targets(self, state: NumberState) -> Callable[[InboundMessage], Sequence[str]]:
         """Which webhooks a new message is queued for: all, or none for backfill.
 
@@ -617,11 +384,3 @@ class Poller:
         except RelayError as exc:
             log.error("relay.poll.store_error", extra=fields(error=str(exc)))
         return PollResult(state.config.number, error=error)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
-
-
-#: Stands in for a message never tried: its details are due now.
-_NEVER = Incomplete(datetime.min)

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay import admin
 from relay.config import Backfill, Config
 from relay.daemon import Relay
+from relay.details import DETAILS_EAGER_RETRIES, DETAILS_GIVE_UP
 from relay.metrics import Metrics, number_label
-from relay.poller import DETAILS_EAGER_RETRIES, DETAILS_GIVE_UP
 from relay.sentry import Alerts
 from relay.service import Telemetry
 from relay.store.schema import messages
