@@ -10,8 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +322,30 @@ def kept_logging() -> Iterator[None]:
         logs.setup("info", pii=False)
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+if sys.version_info >= (3, 11):
+    time_limit = asyncio.timeout
+else:  # pragma: no cover - Python 3.10, which has no asyncio.timeout
+
+    @asynccontextmanager
+    async def time_limit(seconds: float) -> AsyncIterator[None]:
+        """``asyncio.timeout`` for 3.10: cancel the block after ``seconds``, as TimeoutError."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(seconds, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()

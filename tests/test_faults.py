@@ -21,7 +21,7 @@ from relay.testing.clock import FakeClock
 from relay.testing.faults import Fault
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, TOKEN, relay_config
+from tests.support import NUMBERS, SENDER, TOKEN, relay_config, time_limit
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +59,7 @@ def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
 
 async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     """Wait, bounded, until ``condition()`` holds."""
-    async with asyncio.timeout(timeout):
+    async with time_limit(timeout):
         while not condition():
             await asyncio.sleep(0.05)
 

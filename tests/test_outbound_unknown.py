@@ -44,7 +44,7 @@ from relay.testing.clock import FakeClock
 from relay.testing.faults import Fault
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, TOKEN, relay_config
+from tests.support import NUMBERS, SENDER, TOKEN, relay_config, time_limit
 
 pytestmark = pytest.mark.anyio
 
@@ -252,7 +252,7 @@ async def test_one_queued_send_reaches_a_late_api_once_and_shows_in_status(
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop))
         try:
-            async with asyncio.timeout(15):
+            async with time_limit(15):
                 while (await relay.store.call(relay.store.sync.outbound_counts))[UNKNOWN] < 1:
                     await asyncio.sleep(0.05)
             await asyncio.sleep(1.0)  # time for a wrong repeat to arrive

@@ -13,7 +13,7 @@ from relay.daemon import Relay
 from relay.testing.faults import Fault
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, RelayProcess, relay_config, write_config
+from tests.support import NUMBERS, SENDER, RelayProcess, relay_config, time_limit, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +25,7 @@ def reply(body: object, times: int | None = None) -> Rule:
 
 async def until_sent(sim: Simulator, count: int, timeout: float = 15.0) -> None:
     """Wait until the simulator has been asked to send ``count`` SMS."""
-    async with asyncio.timeout(timeout):
+    async with time_limit(timeout):
         while len(sim.sent) < count:
             await asyncio.sleep(0.05)
 
@@ -105,7 +105,7 @@ async def test_api_errors_are_retried_and_400_is_final(
         sim.inject(SENDER, NUMBERS[0], "two")
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop))
-        async with asyncio.timeout(15):
+        async with time_limit(15):
             while sim.pending_faults or sim.requests["send"] < 4:
                 await asyncio.sleep(0.05)
         stop.set()

@@ -29,7 +29,7 @@ from relay.store.schema import DELIVERED, PENDING, UNKNOWN, deliveries, outbound
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, relay_config, webhook_config
+from tests.support import NUMBERS, SENDER, relay_config, time_limit, webhook_config
 
 pytestmark = pytest.mark.anyio
 
@@ -117,7 +117,7 @@ async def test_a_2xx_whose_reply_cannot_be_used_is_delivered(
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop))
         try:
-            async with asyncio.timeout(15):
+            async with time_limit(15):
                 while (await relay.store.call(relay.store.sync.counts))[DELIVERED] < 1:
                     await asyncio.sleep(0.05)
         finally:

@@ -11,7 +11,7 @@ import pytest
 
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, TOKEN, RelayProcess, write_config
+from tests.support import NUMBERS, SENDER, TOKEN, RelayProcess, time_limit, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +28,7 @@ def _config(tmp_path: Path, sim: Simulator, receiver: WebhookReceiver, api: str)
 
 
 async def _delivered(receiver: WebhookReceiver, text: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
+    async with time_limit(timeout):
         while not any(d.payload["data"]["text"] == text for d in receiver.deliveries):  # type: ignore[index]
             await asyncio.sleep(0.05)
 
