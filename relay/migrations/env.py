@@ -3,6 +3,9 @@
 Run from a shell (``alembic -x url=... upgrade head``) it connects by itself and, on
 PostgreSQL, takes the relays' migration lock (:data:`relay.migrations.LOCK_KEY`) so that
 it never migrates at the same time as a relay starting up.
+
+The target metadata is :data:`relay.store.schema.metadata`, so ``alembic -x url=...
+revision --autogenerate`` (or ``check``) compares the store with it.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from relay.migrations import LOCK_KEY
+from relay.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 
 
 def _run(conn: sa.Connection, *, lock: bool = False) -> None:
-    context.configure(connection=conn, render_as_batch=True)
+    context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)
     with context.begin_transaction():
         if lock and conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_KEY)))
