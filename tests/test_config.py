@@ -289,6 +289,21 @@ def test_unusable_send_token_file_names_its_key(
         assert secret not in message
 
 
+def test_a_token_file_that_is_not_text_is_a_one_line_error(tmp_path: Path) -> None:
+    """An api.token_file holding bytes that are not UTF-8 is a ConfigError naming the key
+    and the file, at load and when read again after a 401, not a traceback."""
+    (tmp_path / "token").write_bytes(b"\xff\xfe tok\x80en")
+    text = '[api]\ntoken_file = "token"\n'
+
+    with pytest.raises(ConfigError, match=r"^api\.token_file: .*token is not UTF-8 text$"):
+        load_text(tmp_path, text)
+    (tmp_path / "token").write_text(TOKEN)
+    source = load_text(tmp_path, text).api.token_source
+    (tmp_path / "token").write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        source.read()
+
+
 HEADERS_FILE_SECRET = "hdr-file-value-do-not-leak"
 #: ``[[webhooks]]`` reading its extra headers from ``headers.txt`` beside the config.
 HOOK_WITH_FILE = HOOK + 'headers_file = "headers.txt"\n'
