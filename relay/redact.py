@@ -105,7 +105,8 @@ def register(config: Config) -> None:
         secrets.append(config.api.token)
     _add_url(config.api.base_url, API_LABEL, below=True, secrets=secrets, targets=targets)
     for hook in config.webhooks:
-        secrets.extend(_secret_forms(hook.secret))
+        for key in hook.secrets:
+            secrets.extend(_secret_forms(key))
         secrets.extend(value.strip() for _name, value in hook.headers)
         label = f"{WEBHOOK_LABEL}{hook.name}"
         _add_url(hook.url, label, below=False, secrets=secrets, targets=targets)

@@ -1,7 +1,9 @@
 """Standard Webhooks signatures (https://www.standardwebhooks.com/).
 
 ``webhook-signature`` is ``v1,`` + base64(HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")),
-where the secret is the base64 part of ``whsec_...``.
+where the secret is the base64 part of ``whsec_...``. During a secret rotation it holds
+one such signature per secret, space-separated (``v1,abc v1,def``), as the spec allows:
+a consumer holding any one of the secrets verifies.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from relay.errors import SignatureError
 
@@ -42,12 +44,16 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three Standard Webhooks headers for one attempt."""
+def headers(
+    key: bytes, msg_id: str, timestamp: int, body: bytes, *, also: Sequence[bytes] = ()
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one attempt, signed with ``key`` and with
+    each key in ``also`` (a rotation's other secrets)."""
+    signatures = " ".join(sign(k, msg_id, timestamp, body) for k in (key, *also))
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(key, msg_id, timestamp, body),
+        "webhook-signature": signatures,
     }
 
 

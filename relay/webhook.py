@@ -86,7 +86,11 @@ class Webhook:
         now = self.clock.now()
         payload = body(delivery, now)
         headers = signing.headers(
-            self.config.secret, delivery.webhook_id, int(now.timestamp()), payload
+            self.config.secret,
+            delivery.webhook_id,
+            int(now.timestamp()),
+            payload,
+            also=self.config.extra_secrets,
         )
         headers["Content-Type"] = "application/json"
         try:

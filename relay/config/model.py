@@ -135,6 +135,14 @@ class WebhookConfig:
     give_up_after: float = DEFAULT_GIVE_UP_AFTER
     concurrency: int = DEFAULT_WEBHOOK_CONCURRENCY
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: During a secret rotation (``secrets``/``secret_files``), the other decoded keys:
+    #: every attempt is signed with ``secret`` and with each of these.
+    extra_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """Every key an attempt is signed with, the first one first."""
+        return (self.secret, *self.extra_secrets)
 
 
 @dataclass(frozen=True)

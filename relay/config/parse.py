@@ -72,7 +72,8 @@ SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentr
             "outbound")  # fmt: skip
 _API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
              "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
-_WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "timeout", "retry_initial",
+_WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "secrets", "secret_files",
+                 "timeout", "retry_initial",
                  "retry_max", "give_up_after", "concurrency", "headers",
                  "headers_file")  # fmt: skip
 _NUMBER_KEYS = ("number", "webhooks", "from", "interval", "disclaimer")

@@ -95,6 +95,15 @@ class Table:
         """The string at ``name`` stripped, or ``default`` (missing is "" unless told)."""
         return self.get(name, str, "a string", default).strip()
 
+    def strings(self, name: str) -> list[str] | None:
+        """The array of strings at ``name``, each stripped; None when it is missing."""
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.fail(name, f"expected an array of strings, got {_toml_type(value)}")
+        return [item.strip() for item in value]
+
     def integer(self, name: str, default: int, minimum: int, maximum: int = 2**63) -> int:
         value = self.get(name, int, "an integer", default)
         if not minimum <= value <= maximum:

@@ -1,4 +1,4 @@
-"""Parsing one ``[[webhooks]]`` entry: its name, URL, HMAC secret and extra headers."""
+"""Parsing one ``[[webhooks]]`` entry: its name, URL, HMAC secrets and extra headers."""
 
 from __future__ import annotations
 
@@ -43,10 +43,12 @@ def parse_webhook(hook: Table, base: Path, seen: dict[str, str]) -> WebhookConfi
     retry_max = hook.duration("retry_max", DEFAULT_RETRY_MAX)
     if retry_max < retry_initial:
         hook.fail("retry_max", f"must not be less than {hook.sub('retry_initial')}")
+    secrets = _webhook_secrets(hook, base)
     return WebhookConfig(
         name=name,
         url=hook.url("url", hook.text("url")),
-        secret=_webhook_secret(hook, base),
+        secret=secrets[0],
+        extra_secrets=secrets[1:],
         timeout=hook.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT),
         retry_initial=retry_initial,
         retry_max=retry_max,
@@ -104,16 +106,53 @@ def _header_problem(name: str, value: str, found: Mapping[str, tuple[str, str, s
     return ""
 
 
-def _webhook_secret(hook: Table, base: Path) -> bytes:
-    """The HMAC key from ``secret`` or ``secret_file``; messages never show the secret."""
-    if ("secret" in hook.data) == ("secret_file" in hook.data):
-        hook.fail("secret", f"set exactly one of {hook.sub('secret')} or {hook.sub('secret_file')}")
-    secret, path = hook.text("secret"), hook.path("secret_file", base)
+#: The keys a webhook's secret may come from; exactly one is set.
+SECRET_KEYS = ("secret", "secret_file", "secrets", "secret_files")
+#: Secrets at once during a rotation: the new one, the old one, and a spare.
+MAX_SECRETS = 3
+
+
+def _webhook_secrets(hook: Table, base: Path) -> tuple[bytes, ...]:
+    """The HMAC keys from ``secret``, ``secret_file``, ``secrets`` or ``secret_files``
+    (exactly one of them), the first one first; messages never show a secret."""
+    given = [key for key in SECRET_KEYS if key in hook.data]
+    if len(given) != 1:
+        names = ", ".join(hook.sub(key) for key in SECRET_KEYS)
+        hook.fail(given[0] if given else "secret", f"set exactly one of {names}")
+    (key,) = given
+    if key == "secret":
+        return (_decoded(hook, key, hook.text("secret")),)
+    if key == "secret_file":
+        path = hook.path("secret_file", base)
+        return (_decoded(hook, key, _read_secret(hook, key, path)),)
+    values = hook.strings(key) or []
+    if not 1 <= len(values) <= MAX_SECRETS:
+        hook.fail(key, f"must hold 1 to {MAX_SECRETS} secrets, got {len(values)}")
+    keys: list[bytes] = []
+    for i, value in enumerate(values):
+        item = f"{key}[{i}]"
+        if key == "secret_files":
+            if not value:
+                hook.fail(item, "is empty")
+            value = _read_secret(hook, item, base / Path(value).expanduser())
+        decoded = _decoded(hook, item, value)
+        if decoded in keys:
+            hook.fail(item, f"is the same secret as {key}[{keys.index(decoded)}]")
+        keys.append(decoded)
+    return tuple(keys)
+
+
+def _read_secret(hook: Table, key: str, path: Path | None) -> str:
+    """The text of the secret file at ``path``, for ``key``."""
     try:
-        secret = path.read_text(encoding="utf-8") if path else secret
+        return path.read_text(encoding="utf-8") if path else ""
     except (OSError, UnicodeDecodeError) as exc:
-        hook.fail("secret_file", f"cannot read {path}: {getattr(exc, 'strerror', '') or exc}")
+        hook.fail(key, f"cannot read {path}: {getattr(exc, 'strerror', '') or exc}")
+
+
+def _decoded(hook: Table, key: str, secret: str) -> bytes:
+    """The HMAC key of ``secret``, given at ``key``."""
     try:
         return decode_secret(secret)
     except ValueError as exc:
-        hook.fail("secret" if path is None else "secret_file", str(exc))
+        hook.fail(key, str(exc))
