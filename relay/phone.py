@@ -103,6 +103,24 @@ def _digits_too_many(parsed: phonenumbers.PhoneNumber) -> int:
     return 0
 
 
+def prefix(text: str, region: str) -> str:
+    """A number prefix (``+6141``, or national ``041`` read with ``region``) in E.164 form.
+
+    Separators are dropped. Raises :class:`InvalidNumber` for anything else: a prefix
+    cannot be checked against the numbering plan, so it must say where it starts.
+    """
+    digits = "".join(c for c in text if c not in " -.()")
+    if digits.startswith("+") and digits[1:].isdigit() and len(digits) <= 16:
+        return digits
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    trunk = (metadata.national_prefix if metadata else None) or ""
+    if trunk and digits.startswith(trunk) and digits.isdigit() and len(digits) <= 16:
+        code = phonenumbers.country_code_for_region(region)
+        return f"+{code}{digits[len(trunk) :]}"
+    msg = f"is not a number prefix in E.164 (+61...) or national form ({trunk or '0'}...)"
+    raise InvalidNumber(msg)
+
+
 def mask(number: str) -> str:
     """``+61412345678`` -> ``********678``: enough to tell numbers apart in a log."""
     return "*" * max(len(number) - 3, 0) + number[-3:]

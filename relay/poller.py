@@ -47,6 +47,7 @@ from relay.logs import fields
 from relay.logs import number as shown
 from relay.pollstate import NumberState, PollResult
 from relay.retry import poll_delay
+from relay.routing import router
 from relay.store import AsyncStore, SavedPollState
 
 log = logging.getLogger("relay.poller")
@@ -317,22 +318,23 @@ class Poller:
         return [m for message_id, m in candidates.items() if message_id not in known]
 
     def _targets(self, state: NumberState) -> Callable[[InboundMessage], Sequence[str]]:
-        """Which webhooks a new message is queued for: all, or none for backfill.
+        """Which webhooks a new message is queued for: the number's webhooks whose
+        ``match`` it passes (:mod:`relay.routing`), or none for backfill.
 
         Backfill is what the provider received before the number was configured (less
         :data:`BACKFILL_GRACE`), on the number's first successful poll: ``poll.backfill``
         says whether it is delivered (all, none, or what is younger than a window).
         Everything received after the number was configured is delivered.
         """
-        hooks = state.config.webhooks
+        route = router(state.config.webhooks, {h.name: h for h in self.config.webhooks})
         backfill = self.config.poll.backfill
         if state.baselined or backfill.mode == "all":
-            return lambda _m: hooks
+            return route
         now = self.clock.now()
         cut = (state.configured_at or now) - timedelta(seconds=BACKFILL_GRACE)
         if backfill.mode == "window":
             cut = min(cut, now - timedelta(seconds=backfill.window))
-        return lambda m: hooks if m.received_at >= cut else ()
+        return lambda m: route(m) if m.received_at >= cut else ()
 
     def _cache_limit(self, listed: int) -> int:
         return max(SEEN_CACHE_MIN, 2 * listed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
@@ -123,6 +124,17 @@ class NumberConfig:
 
 
 @dataclass(frozen=True)
+class MatchConfig:
+    """``[webhooks.match]``: the inbound messages a webhook gets (every condition given
+    must hold; see :mod:`relay.routing`)."""
+
+    #: Sender prefixes in E.164; a message from any of them passes.
+    senders: tuple[str, ...] = ()
+    #: Searched in the text (``re.search``).
+    text: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     """One ``[[webhooks]]`` entry."""
 
@@ -138,6 +150,8 @@ class WebhookConfig:
     #: During a secret rotation (``secrets``/``secret_files``), the other decoded keys:
     #: every attempt is signed with ``secret`` and with each of these.
     extra_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    #: Only messages it matches are queued for this webhook; None: every message.
+    match: MatchConfig | None = None
 
     @property
     def secrets(self) -> tuple[bytes, ...]:

@@ -72,7 +72,7 @@ SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentr
             "outbound")  # fmt: skip
 _API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
              "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
-_WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "secrets", "secret_files",
+_WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "secrets", "secret_files", "match",
                  "timeout", "retry_initial",
                  "retry_max", "give_up_after", "concurrency", "headers",
                  "headers_file")  # fmt: skip
@@ -120,7 +120,10 @@ def parse(
     store_url = _store_url(store, env, base)
     poll = _parse_poll(root.table("poll", ("interval", "jitter", "backfill", "concurrency")))
     seen: dict[str, str] = {}
-    webhooks = tuple(parse_webhook(t, base, seen) for t in root.tables("webhooks", _WEBHOOK_KEYS))
+    webhooks = tuple(
+        parse_webhook(t, base, seen, api.default_region)
+        for t in root.tables("webhooks", _WEBHOOK_KEYS)
+    )
     number_tables = root.tables("numbers", _NUMBER_KEYS)
     if number_tables and not webhooks:
         fail("webhooks", "at least one webhook is required")

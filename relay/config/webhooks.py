@@ -8,13 +8,17 @@ from pathlib import Path
 
 from relay.config.model import (
     DEFAULT_GIVE_UP_AFTER,
+    DEFAULT_REGION,
     DEFAULT_RETRY_INITIAL,
     DEFAULT_RETRY_MAX,
     DEFAULT_WEBHOOK_CONCURRENCY,
     DEFAULT_WEBHOOK_TIMEOUT,
+    MatchConfig,
     WebhookConfig,
 )
 from relay.config.tables import Table, show
+from relay.errors import InvalidNumber
+from relay.phone import prefix
 from relay.signing import decode_secret
 
 MAX_WEBHOOK_CONCURRENCY = 1000
@@ -29,8 +33,11 @@ _HEADER_VALUE_RE = re.compile(r"[\t -~]*")
 _WEBHOOK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def parse_webhook(hook: Table, base: Path, seen: dict[str, str]) -> WebhookConfig:
-    """One [[webhooks]] entry; ``seen`` maps the names used so far to their keys."""
+def parse_webhook(
+    hook: Table, base: Path, seen: dict[str, str], region: str = DEFAULT_REGION
+) -> WebhookConfig:
+    """One [[webhooks]] entry; ``seen`` maps the names used so far to their keys, and
+    ``region`` reads national number prefixes in ``match.from``."""
     name = hook.text("name")
     if not name:
         hook.fail("name", "is required")
@@ -57,7 +64,34 @@ def parse_webhook(hook: Table, base: Path, seen: dict[str, str]) -> WebhookConfi
             "concurrency", DEFAULT_WEBHOOK_CONCURRENCY, 1, MAX_WEBHOOK_CONCURRENCY
         ),
         headers=_webhook_headers(hook, base),
+        match=_match(hook, region),
     )
+
+
+def _match(hook: Table, region: str) -> MatchConfig | None:
+    """``[webhooks.match]``: sender prefixes (``from``) and a regular expression searched
+    in the text (``text``); None when the table is missing or empty."""
+    table = hook.table("match", ("from", "text"))
+    if not table.data:
+        return None
+    senders: list[str] = []
+    for i, value in enumerate(table.strings("from") or []):
+        try:
+            senders.append(prefix(value, region))
+        except InvalidNumber as exc:
+            table.fail(f"from[{i}]", str(exc))
+    if "from" in table.data and not senders:
+        table.fail("from", "is empty (leave it out to match every sender)")
+    pattern = None
+    if "text" in table.data:
+        source = table.get("text", str, "a string", "")
+        if not source:
+            table.fail("text", "is empty (leave it out to match every text)")
+        try:
+            pattern = re.compile(source)
+        except re.error as exc:
+            table.fail("text", f"is not a regular expression: {exc}")
+    return MatchConfig(tuple(dict.fromkeys(senders)), pattern)
 
 
 def _webhook_headers(hook: Table, base: Path) -> tuple[tuple[str, str], ...]:
