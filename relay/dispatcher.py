@@ -25,6 +25,7 @@ from relay.events import Events
 from relay.logs import fields
 from relay.outbox import reply_text
 from relay.phone import valid_number
+from relay.ratelimit import TokenBucket
 from relay.retry import Backoff, Jitter
 from relay.store import DEAD, DELIVERED, PENDING, AsyncStore, DueDelivery, Outcome, Reply
 from relay.webhook import Answer, Webhook
@@ -102,6 +103,10 @@ class Lane(Worker[DueDelivery]):
         self._store = store
         self._writer = writer
         self._jitter = jitter
+        #: ``rate_limit``: spaces the requests this lane starts.
+        self.limiter = (
+            TokenBucket(self.config.rate_limit, clock) if self.config.rate_limit else None
+        )
 
     async def claim(self, limit: int) -> list[DueDelivery]:
         """Claim due deliveries to this webhook."""
@@ -117,6 +122,8 @@ class Lane(Worker[DueDelivery]):
         Until the outcome is committed the delivery stays claimed by this relay, so
         nothing claims it again; the slot's connection goes straight to the next one.
         """
+        if self.limiter is not None:
+            await self.limiter.acquire()
         answer = await self.webhook.send(item)
         outcome = self._outcome(item, answer)
         self._writer.submit(outcome).add_done_callback(

@@ -152,6 +152,8 @@ class WebhookConfig:
     extra_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     #: Only messages it matches are queued for this webhook; None: every message.
     match: MatchConfig | None = None
+    #: ``rate_limit``: requests started per second at most (a token bucket); None: no limit.
+    rate_limit: float | None = None
 
     @property
     def secrets(self) -> tuple[bytes, ...]:

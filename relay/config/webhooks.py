@@ -19,6 +19,7 @@ from relay.config.model import (
 from relay.config.tables import Table, show
 from relay.errors import InvalidNumber
 from relay.phone import prefix
+from relay.ratelimit import parse_rate
 from relay.signing import decode_secret
 
 MAX_WEBHOOK_CONCURRENCY = 1000
@@ -65,7 +66,19 @@ def parse_webhook(
         ),
         headers=_webhook_headers(hook, base),
         match=_match(hook, region),
+        rate_limit=_rate_limit(hook),
     )
+
+
+def _rate_limit(hook: Table) -> float | None:
+    """``rate_limit`` in requests per second (``"20/s"``, ``"600/m"``); None when unset."""
+    if "rate_limit" not in hook.data:
+        return None
+    value = hook.get("rate_limit", str, 'a string such as "20/s"', "")
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        hook.fail("rate_limit", f"{show(value)} {exc}")
 
 
 def _match(hook: Table, region: str) -> MatchConfig | None:
