@@ -2,7 +2,7 @@
 
 ``python -m bench.peers [--listing-limit N]`` starts a
 :class:`relay.testing.simulator.Simulator` (counting the receive requests it serves) and a
-minimal webhook receiver on :mod:`relay.httpserver`, prints one JSON line ``{"api", "hook",
+minimal webhook receiver on :mod:`relay.httpd`, prints one JSON line ``{"api", "hook",
 "control", "token", "secret"}`` on stdout, and serves until stdin closes or SIGTERM.
 
 The receiver verifies each signature, records the first arrival of each message id
@@ -32,7 +32,8 @@ import sys
 import time
 
 from relay.errors import SignatureError
-from relay.httpserver import HttpServer, Request, Response, json_response
+from relay.http import Request, Response, json_response
+from relay.httpd import HttpServer
 from relay.signing import verify
 from relay.testing.simulator import Simulator
 

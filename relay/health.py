@@ -1,4 +1,4 @@
-"""``/healthz``, ``/readyz`` and ``/metrics``: a handler for :class:`relay.httpserver.HttpServer`.
+"""``/healthz``, ``/readyz`` and ``/metrics``: a handler for :class:`relay.httpd.HttpServer`.
 
 The app sees the relay only through :class:`RelayView`, so it knows nothing of the
 daemon's insides, and tests drive it with a small fake. Further routes (``POST /v1/send``)
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay.httpserver import Handler, Request, Response, json_response
+from relay.http import Handler, Request, Response, json_response
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.phone import mask

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from relay import __version__, redact, sentry
 from relay.config import Config
@@ -27,15 +28,7 @@ from relay.daemon import Relay
 from relay.errors import InvalidNumber, RelayError
 from relay.events import Events
 from relay.health import HealthApp, NumberHealth
-from relay.httpserver import (
-    Guard,
-    HttpServer,
-    Request,
-    Response,
-    bearer_matches,
-    json_response,
-    unauthorized,
-)
+from relay.http import Guard, Request, Response, bearer_matches, json_response, unauthorized
 from relay.logs import fields
 from relay.logs import number as shown
 from relay.metrics import (
@@ -52,6 +45,9 @@ from relay.outbox import check_text
 from relay.phone import valid_number
 from relay.systemd import Notifier
 
+if TYPE_CHECKING:
+    from relay.httpd import HttpServer
+
 log = logging.getLogger("relay.service")
 
 #: How often queue gauges, the systemd status line and persisted poll state refresh.
@@ -64,8 +60,6 @@ SEND_PATH = "/v1/send"
 MAX_PROBE_BODY = 1024
 #: Most connections the HTTP endpoint holds at once (probes, scrapes, senders).
 HTTP_MAX_CONNECTIONS = 128
-#: Most request input the HTTP endpoint holds at once, over all its connections.
-HTTP_MAX_BUFFERED = 4 * 1024 * 1024
 
 
 class Telemetry(Events):
@@ -356,7 +350,7 @@ class Service:
                         task.cancel()
                     await asyncio.gather(*helpers, return_exceptions=True)
                     if server is not None:
-                        await server.close()
+                        await server.close(config.run.shutdown_timeout)
         except RelayError as exc:
             self.alerts.problem("fatal", str(exc))
             raise
@@ -372,6 +366,8 @@ class Service:
     async def _serve_http(self, config: Config) -> HttpServer:
         """Start ``[http]``: the probes, /metrics and, with a send token, ``POST /v1/send``
         behind a guard that refuses a wrong token or a large body before reading it."""
+        from relay.httpd import HttpServer  # the server library loads only when serving
+
         assert config.http is not None
         app = HealthApp(self, metrics=self.metrics)
         guards = {}
@@ -386,7 +382,6 @@ class Service:
             max_body_bytes=MAX_PROBE_BODY,
             guards=guards,
             max_connections=HTTP_MAX_CONNECTIONS,
-            max_buffered_bytes=HTTP_MAX_BUFFERED,
         )
         await server.start()
         addresses = ",".join(server.addresses)

@@ -60,7 +60,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from relay.errors import InvalidNumber
-from relay.httpserver import Request, Response
+from relay.http import Request, Response
 from relay.inbound import ID_KEYS, RECIPIENT_KEYS, SENDER_KEYS, TEXT_KEYS, TIME_KEYS
 from relay.phone import mask, normalise
 from relay.retry import poll_delay

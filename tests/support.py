@@ -32,7 +32,7 @@ from relay.config import (
     TokenSource,
     WebhookConfig,
 )
-from relay.httpserver import Request, Response
+from relay.http import Request, Response
 
 TOKEN = "test-token-5f2c"
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.health import HealthApp, NumberHealth, number_reason
-from relay.httpserver import HttpServer, Request, Response, json_response
+from relay.http import Request, Response, json_response
+from relay.httpd import HttpServer
 from relay.metrics import POLL_OK, Metrics, number_label
 from relay.testing.clock import FakeClock
 

@@ -21,7 +21,7 @@ import pytest
 from relay import logs, redact
 from relay.config import HttpConfig, load
 from relay.daemon import Relay
-from relay.httpserver import HttpServer
+from relay.httpd import HttpServer
 from relay.logs import JsonFormatter, TextFormatter, fields
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator

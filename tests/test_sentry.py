@@ -15,7 +15,7 @@ import sentry_sdk
 
 from relay import redact, sentry
 from relay.config import SentryConfig
-from relay.httpserver import HttpServer
+from relay.httpd import HttpServer
 from relay.sentry import Alerts, Heartbeats, scrub_event, scrub_secret, scrub_text
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import WebhookReceiver
@@ -58,6 +58,14 @@ def test_setup_applies_the_privacy_options(transport: RecordingTransport) -> Non
     assert options["max_breadcrumbs"] == sentry.MAX_BREADCRUMBS
     assert options["traces_sample_rate"] == 0.0
     assert options["trace_propagation_targets"] == []
+
+
+def test_only_the_named_integrations_run(transport: RecordingTransport) -> None:
+    """httpx, SQLAlchemy and logging are hooked; nothing is found by import, so aiohttp's
+    integration (and its import at start) stays out."""
+    enabled = set(sentry_sdk.get_client().integrations)
+    assert {"httpx", "sqlalchemy", "logging"} <= enabled
+    assert "aiohttp" not in enabled
 
 
 def test_setup_honours_the_configured_release() -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.httpserver import HttpServer
+from relay.httpd import HttpServer
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
 from tests.support import (

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from relay.httpserver import Response
+from relay.http import Response
 
 #: Size of each piece of a streamed fault body.
 STREAM_CHUNK_BYTES = 64 * 1024

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.errors import SignatureError
-from relay.httpserver import Request, Response
+from relay.http import Request, Response
 from relay.signing import verify
 from relay.testing.served import Served
 

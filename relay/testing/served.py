@@ -6,7 +6,8 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import TypeVar
 
-from relay.httpserver import DEFAULT_HOST, HttpServer, Request, Response
+from relay.http import DEFAULT_HOST, Request, Response
+from relay.httpd import HttpServer
 
 ServedT = TypeVar("ServedT", bound="Served")
 

@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 
 from relay.clock import Clock, SystemClock
 from relay.errors import ApiInvalidResponse
-from relay.httpserver import DEFAULT_HOST, Request, Response, json_response
+from relay.http import DEFAULT_HOST, Request, Response, json_response
 from relay.inbound import parse_timestamp
 from relay.phone import normalise
 from relay.testing.faults import Fault, PendingFault, fault_response
