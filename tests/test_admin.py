@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from relay.admin import ago, printable
+from relay.admin.render import table
 from relay.cli import main
 from relay.clock import SystemClock
 from relay.inbound import InboundMessage
@@ -529,3 +530,9 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         main([*command, "--help"])
     assert exit_info.value.code == 0
     assert f"aatrox-relay {' '.join(command)}" in capsys.readouterr().out
+
+
+def test_a_table_without_rows_is_its_header() -> None:
+    """status with no numbers configured (webhooks only) renders an empty table, not a
+    TypeError."""
+    assert table(["NUMBER", "LAST POLL"], []).splitlines()[0].split() == ["NUMBER", "LAST", "POLL"]
