@@ -172,5 +172,6 @@ class HealthApp:
 
     async def _metrics_page(self, request: Request) -> Response:
         assert self._metrics is not None
+        self._metrics.ready(not await self.readiness())
         body, content_type = self._metrics.render(request.headers.get("accept"))
         return Response(status=200, body=body, content_type=content_type, headers=[NO_STORE])

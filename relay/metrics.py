@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -113,6 +113,12 @@ class _PollAgeCollector:
             if when >= self._last_ok.get(number, when):
                 self._last_ok[number] = when
 
+    def keep(self, numbers: Iterable[str]) -> None:
+        """Forget every number but ``numbers`` (the ones configured now)."""
+        wanted = set(numbers)
+        with self._lock:
+            self._last_ok = {n: t for n, t in self._last_ok.items() if n in wanted}
+
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(_POLL_AGE, _POLL_AGE_HELP, labels=["number"])]
 
@@ -174,6 +180,15 @@ class Metrics:
             "deliveries_dead", "Deliveries given up on and kept in the store, by webhook.",
             ["webhook"], namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
+        self._ready = Gauge(
+            "ready", "1 when GET /readyz would answer 200 (updated on each scrape).",
+            namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._interval = Gauge(
+            "poll_interval_seconds", "The number's poll interval from the config.",
+            ["number"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._interval_labels: set[str] = set()
         self._oldest = Gauge(
             "oldest_pending_delivery_age_seconds",
             "Age of the oldest pending delivery, by webhook (0 when none is pending).",
@@ -238,6 +253,21 @@ class Metrics:
         self._dead.labels(webhook).set(dead)
         age = 0.0 if oldest_pending_age is None else max(oldest_pending_age, 0.0)
         self._oldest.labels(webhook).set(age)
+
+    def ready(self, is_ready: bool) -> None:
+        """Whether the relay is ready, as ``/readyz`` judges it."""
+        self._ready.set(1 if is_ready else 0)
+
+    def configured(self, intervals: Mapping[str, float]) -> None:
+        """The numbers configured now, with their poll intervals: the others' series go
+        (a number removed by a reload stops showing a growing poll age)."""
+        shown = {self._number(number): seconds for number, seconds in intervals.items()}
+        for label in self._interval_labels - set(shown):
+            self._interval.remove(label)
+        for label, seconds in shown.items():
+            self._interval.labels(label).set(seconds)
+        self._interval_labels = set(shown)
+        self._poll_age.keep(intervals)
 
     def polled_ok(self, number: str, when_monotonic: float) -> None:
         """``number`` was polled successfully at ``when_monotonic`` (on this object's clock)."""

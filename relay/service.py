@@ -313,6 +313,7 @@ class Service:
         telemetry = Telemetry(
             self.metrics, self.alerts, heartbeats, {n.number: n.interval for n in config.numbers}
         )
+        self.metrics.configured(telemetry.intervals)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -402,6 +403,7 @@ class Service:
         assert self.relay is not None
         if ok:
             self.config = self.relay.config  # its secrets: redact.register in Relay.reload
+            self.metrics.configured({n.number: n.interval for n in self.config.numbers})
         self.notifier.ready(self._summary(0) + ("" if ok else " (reload refused)"))
 
 

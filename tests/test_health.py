@@ -191,6 +191,21 @@ async def test_metrics_are_served_in_prometheus_text(served: Served) -> None:
     assert samples[("aatrox_relay_polls_total", number_label(NUMBER))] == 1
 
 
+async def test_a_scrape_says_whether_the_relay_is_ready(served: Served) -> None:
+    """aatrox_relay_ready is 1 while /readyz would answer 200 and 0 once it would not,
+    judged afresh at each scrape."""
+
+    def ready(text: str) -> float:
+        families = text_string_to_metric_families(text)
+        return next(s.value for f in families for s in f.samples if s.name == "aatrox_relay_ready")
+
+    assert ready((await served.client.get("/metrics")).text) == 1.0
+    served.relay.store_reason = "down"
+    assert ready((await served.client.get("/metrics")).text) == 0.0
+    served.relay.store_reason = None
+    assert ready((await served.client.get("/metrics")).text) == 1.0
+
+
 async def test_metrics_is_absent_without_metrics() -> None:
     """Without a Metrics, /metrics is a 404 like any unknown path."""
     app = HealthApp(FakeRelay(), clock=FakeClock().monotonic)

@@ -274,3 +274,25 @@ def test_numbers_ending_alike_keep_distinct_labels(metrics: Metrics) -> None:
         number_label(twin, pii=False, chars=2 * NUMBER_HASH_CHARS): 1,
         LABEL: 1,
     }
+
+
+def test_configured_numbers_export_their_interval_and_removed_ones_go(
+    metrics: Metrics, clock: FakeClock
+) -> None:
+    """aatrox_relay_poll_interval_seconds follows the config; a number a reload removed
+    loses its interval and its (otherwise ever growing) poll age."""
+    metrics.configured({NUMBER: 10.0, OTHER: 30.0})
+    metrics.polled_ok(NUMBER, clock.monotonic())
+    metrics.polled_ok(OTHER, clock.monotonic())
+    samples = scrape(metrics)
+    assert value(samples, "aatrox_relay_poll_interval_seconds", number=LABEL) == 10.0
+    assert value(samples, "aatrox_relay_poll_interval_seconds", number=OTHER_LABEL) == 30.0
+    metrics.configured({NUMBER: 5.0})
+    samples = scrape(metrics)
+    assert value(samples, "aatrox_relay_poll_interval_seconds", number=LABEL) == 5.0
+    assert (
+        "aatrox_relay_poll_interval_seconds",
+        frozenset({("number", OTHER_LABEL)}),
+    ) not in samples
+    assert (AGE, frozenset({("number", OTHER_LABEL)})) not in samples
+    assert value(samples, AGE, number=LABEL) == 0.0
