@@ -25,7 +25,9 @@ NEW = "whsec_" + base64.b64encode(b"the-new-secret-of-the-webhook!!").decode()
 OLD = SECRET
 OTHER = "whsec_" + base64.b64encode(b"a-secret-nobody-configured-1234").decode()
 API = '[api]\ntoken = "t"\n'
-HOOK = '[[webhooks]]\nname = "crm"\nurl = "https://hooks.example.com/sms"\n'
+#: The URL's path is registered as a secret too (it may hold a token), process-wide: a
+#: path no other test's text contains.
+HOOK = '[[webhooks]]\nname = "crm"\nurl = "https://hooks.example.com/rotation-hook"\n'
 
 
 def rotating(path: Path, hook_url: str, api_url: str, store_url: str, secrets: str) -> Path:
