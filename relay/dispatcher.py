@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from relay.circuit import Circuit, is_failure
 from relay.clock import Clock
 from relay.config import WebhookConfig
 from relay.errors import InvalidNumber, StoreError
@@ -103,6 +104,14 @@ class Lane(Worker[DueDelivery]):
         self._store = store
         self._writer = writer
         self._jitter = jitter
+        #: Stops sending, but for probes, while the webhook keeps failing.
+        self.circuit = Circuit(
+            self.config.name,
+            self.config.circuit_failures,
+            self.config.circuit_probe,
+            clock,
+            lambda is_open: self.events.circuit_changed(self.config.name, is_open),
+        )
         #: ``rate_limit``: spaces the requests this lane starts.
         self.limiter = (
             TokenBucket(self.config.rate_limit, clock) if self.config.rate_limit else None
@@ -122,13 +131,32 @@ class Lane(Worker[DueDelivery]):
         Until the outcome is committed the delivery stays claimed by this relay, so
         nothing claims it again; the slot's connection goes straight to the next one.
         """
-        if self.limiter is not None:
-            await self.limiter.acquire()
-        answer = await self.webhook.send(item)
+        probe = await self.circuit.admit()
+        try:
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            answer = await self.webhook.send(item)
+        except BaseException:
+            self.circuit.abandon(probe)
+            raise
+        changed = self.circuit.record(is_failure(answer.status, answer.ok))
+        if changed is not None:
+            await self._save_circuit(changed)
         outcome = self._outcome(item, answer)
         self._writer.submit(outcome).add_done_callback(
             lambda saved: self._recorded(item, outcome, saved)
         )
+
+    async def _save_circuit(self, is_open: bool) -> None:
+        """Note the circuit's new state in the store, for ``status``; a store error is
+        logged and otherwise ignored (the circuit works all the same)."""
+        opened_at = self.clock.now() if is_open else None
+        try:
+            await self._store.call(self._store.sync.save_circuit, self.config.name, opened_at)
+        except StoreError as exc:
+            log.error(
+                "relay.circuit.unsaved", extra=fields(webhook=self.config.name, error=str(exc))
+            )
 
     async def failed(self, item: DueDelivery, exc: Exception) -> None:
         """Record a retry with backoff from now (dead past ``give_up_after``) for a

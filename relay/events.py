@@ -35,6 +35,9 @@ class Events:
     def delivery_failed(self, webhook: str, error: str, *, dead: bool) -> None:
         """An attempt failed; ``dead`` when it was the last."""
 
+    def circuit_changed(self, webhook: str, is_open: bool) -> None:
+        """``webhook``'s circuit opened (``is_open``) or closed again."""
+
     def outbound(self, outcome: str) -> None:
         """An outbound SMS was sent ("sent"), rescheduled ("retry") or given up ("failed")."""
 

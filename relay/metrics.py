@@ -189,6 +189,11 @@ class Metrics:
             ["number"], namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
         self._interval_labels: set[str] = set()
+        self._circuit = Gauge(
+            "webhook_circuit_open",
+            "1 while the webhook's circuit is open (one probe per circuit_probe), by webhook.",
+            ["webhook"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
         self._oldest = Gauge(
             "oldest_pending_delivery_age_seconds",
             "Age of the oldest pending delivery, by webhook (0 when none is pending).",
@@ -231,6 +236,7 @@ class Metrics:
             self._webhooks.add(webhook)
             for outcome in DELIVERY_OUTCOMES:
                 self._deliveries.labels(webhook, outcome)
+            self._circuit.labels(webhook).set(0)
 
     def delivery(self, webhook: str, outcome: str, latency: float | None = None) -> None:
         """A delivery attempt to ``webhook`` ended with ``outcome``.
@@ -268,6 +274,11 @@ class Metrics:
             self._interval.labels(label).set(seconds)
         self._interval_labels = set(shown)
         self._poll_age.keep(intervals)
+
+    def circuit(self, webhook: str, is_open: bool) -> None:
+        """``webhook``'s circuit opened or closed."""
+        self._webhook(webhook)
+        self._circuit.labels(webhook).set(1 if is_open else 0)
 
     def polled_ok(self, number: str, when_monotonic: float) -> None:
         """``number`` was polled successfully at ``when_monotonic`` (on this object's clock)."""

@@ -256,7 +256,8 @@ def close(timeout: float = 2.0) -> None:
 class Alerts:
     """Problems reported once when they start, not on every poll that sees them.
 
-    Keys: ``"token_rejected"``, ``f"webhook_dead:{name}"``, ``"store_error"``. Without
+    Keys: ``"token_rejected"``, ``f"webhook_dead:{name}"``, ``f"circuit_open:{name}"``,
+    ``"store_error"``... Without
     :func:`setup` the state is still kept and nothing is sent.
     """
 
@@ -296,6 +297,19 @@ class Alerts:
         if was:
             sentry_sdk.add_breadcrumb(category="alert", message=f"resolved: {key}", level="info")
         return was
+
+    def recovered(self, key: str, message: str, **tags: str) -> bool:
+        """:meth:`resolved`, and when ``key`` was a problem Sentry hears ``message`` too
+        (level info): for problems whose end matters as much as their start."""
+        if not self.resolved(key):
+            return False
+        with sentry_sdk.new_scope() as scope:
+            scope.fingerprint = ["aatrox-relay", key, "recovered"]
+            scope.set_tag("alert", key)
+            for name, value in tags.items():
+                scope.set_tag(name, value)
+            sentry_sdk.capture_message(message, level="info")
+        return True
 
     def exception(self, exc: BaseException) -> str | None:
         """Report an unexpected exception; the event id, or None when not sent."""

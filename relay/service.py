@@ -132,6 +132,23 @@ class Telemetry(Events):
                 webhook=webhook,
             )
 
+    def circuit_changed(self, webhook: str, is_open: bool) -> None:
+        """Show it in the gauge; Sentry hears once when the circuit opens and once when it
+        closes again."""
+        self.metrics.circuit(webhook, is_open)
+        key = f"circuit_open:{webhook}"
+        if is_open:
+            self.alerts.problem(
+                key,
+                f"Webhook {webhook} keeps failing: its circuit is open, one probe per "
+                "circuit_probe until it answers",
+                webhook=webhook,
+            )
+        else:
+            self.alerts.recovered(
+                key, f"Webhook {webhook} answers again: its circuit is closed", webhook=webhook
+            )
+
     def outbound(self, outcome: str) -> None:
         """Count sent, failed and unknown outbound SMS; an unknown outcome is worth a human,
         once until an SMS is sent again."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from relay import __version__
+from relay.migrations import HEAD
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
 from tests.support import NUMBERS, SENDER, RelayProcess, cli, write_config
@@ -153,7 +154,7 @@ async def test_check_opens_the_store(
     assert (await cli("poll-once", "--config", str(config)))[0] == 0
     code, out, err = await cli("check", "--config", str(config))
     assert code == 0, out + err
-    assert f"store sqlite:///{db}: schema at revision 0004, current" in out
+    assert f"store sqlite:///{db}: schema at revision {HEAD}, current" in out
 
 
 @pytest.mark.anyio

@@ -54,7 +54,7 @@ def status_text(found: Status) -> str:
         ],
     )
     hooks_table = table(
-        ["WEBHOOK", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING", "LAST ERROR"],
+        ["WEBHOOK", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING", "CIRCUIT", "LAST ERROR"],
         [
             [
                 w.name if w.configured else f"{w.name} (not configured)",
@@ -62,6 +62,7 @@ def status_text(found: Status) -> str:
                 str(w.dead),
                 str(w.delivered),
                 ago(w.oldest_pending_at, now, NONE),
+                f"open {ago(w.circuit_open_since, now)}" if w.circuit_open_since else "closed",
                 cell(w.last_error and f"{ago(w.last_error_at, now)}: {w.last_error}"),
             ]
             for w in found.webhooks

@@ -32,6 +32,8 @@ DEFAULT_RETRY_INITIAL = 5.0
 DEFAULT_RETRY_MAX = 3600.0
 DEFAULT_GIVE_UP_AFTER = 3 * 86400.0
 DEFAULT_WEBHOOK_CONCURRENCY = 8
+DEFAULT_CIRCUIT_FAILURES = 10
+DEFAULT_CIRCUIT_PROBE = 30.0
 DEFAULT_LEASE = 15.0
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 #: An SMS whose send had an unknown outcome is not sent again unless told: a repeat
@@ -154,6 +156,10 @@ class WebhookConfig:
     match: MatchConfig | None = None
     #: ``rate_limit``: requests started per second at most (a token bucket); None: no limit.
     rate_limit: float | None = None
+    #: Failed attempts in a row that open the circuit (:mod:`relay.circuit`); 0: never.
+    circuit_failures: int = DEFAULT_CIRCUIT_FAILURES
+    #: While the circuit is open, one probe attempt per this many seconds.
+    circuit_probe: float = DEFAULT_CIRCUIT_PROBE
 
     @property
     def secrets(self) -> tuple[bytes, ...]:

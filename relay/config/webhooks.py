@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from relay.config.model import (
+    DEFAULT_CIRCUIT_FAILURES,
+    DEFAULT_CIRCUIT_PROBE,
     DEFAULT_GIVE_UP_AFTER,
     DEFAULT_REGION,
     DEFAULT_RETRY_INITIAL,
@@ -67,6 +69,8 @@ def parse_webhook(
         headers=_webhook_headers(hook, base),
         match=_match(hook, region),
         rate_limit=_rate_limit(hook),
+        circuit_failures=hook.integer("circuit_failures", DEFAULT_CIRCUIT_FAILURES, 0, 1_000_000),
+        circuit_probe=hook.duration("circuit_probe", DEFAULT_CIRCUIT_PROBE),
     )
 
 

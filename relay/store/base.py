@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from relay.clock import Clock
 from relay.errors import StoreError
 from relay.store.engine import create_engine, one_line, private_sqlite_files, sqlite_file
-from relay.store.schema import PENDING, UNKNOWN, deliveries, leases, outbound, relays
+from relay.store.schema import PENDING, UNKNOWN, circuits, deliveries, leases, outbound, relays
 
 #: At most this many ids go into one ``IN (...)`` lookup.
 LOOKUP_CHUNK = 500
@@ -189,6 +189,7 @@ class StoreBase:
             _unclaim(conn, None)
             conn.execute(leases.update().values(owner=None, expires_at=None))
             conn.execute(relays.delete())
+            conn.execute(circuits.delete())
         self.alone = True
 
     def release_claims(self) -> int:

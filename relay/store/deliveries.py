@@ -13,7 +13,16 @@ import sqlalchemy as sa
 
 from relay.store.base import StoreBase
 from relay.store.records import DueDelivery, Outcome
-from relay.store.schema import DEAD, DELIVERED, PENDING, UtcDateTime, deliveries, messages, outbound
+from relay.store.schema import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    UtcDateTime,
+    circuits,
+    deliveries,
+    messages,
+    outbound,
+)
 
 
 def _due_columns() -> sa.Select[Any]:
@@ -170,3 +179,18 @@ class Deliveries(StoreBase):
         with self.engine.connect() as conn:
             found = {state: int(n) for state, n in conn.execute(query)}
         return {state: found.get(state, 0) for state in (PENDING, DELIVERED, DEAD)}
+
+    def save_circuit(self, webhook: str, opened_at: datetime | None) -> None:
+        """Note that this relay's circuit for ``webhook`` opened at ``opened_at``, or (None)
+        that it is closed, for ``status``."""
+        gone = circuits.delete().where(
+            circuits.c.webhook == webhook, circuits.c.relay_id == self.relay_id
+        )
+        with self.engine.begin() as conn:
+            conn.execute(gone)
+            if opened_at is not None:
+                conn.execute(
+                    circuits.insert().values(
+                        webhook=webhook, relay_id=self.relay_id, opened_at=opened_at
+                    )
+                )

@@ -12,7 +12,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from relay.store.base import CLAIMABLE, StoreBase
-from relay.store.schema import leases, relays
+from relay.store.schema import circuits, leases, relays
 
 #: Lease rounds per lease period.
 ROUNDS_PER_LEASE = 5
@@ -40,6 +40,9 @@ class Leases(StoreBase):
                 .on_conflict_do_update(index_elements=[relays.c.id], set_={"heartbeat_at": now})
             )
             conn.execute(relays.delete().where(relays.c.heartbeat_at < now - timedelta(days=1)))
+            conn.execute(
+                circuits.delete().where(circuits.c.relay_id.not_in(sa.select(relays.c.id)))
+            )
             alive = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(relays)
@@ -106,4 +109,5 @@ class Leases(StoreBase):
                 .values(owner=None, expires_at=None)
             )
             conn.execute(relays.delete().where(relays.c.id == self.relay_id))
+            conn.execute(circuits.delete().where(circuits.c.relay_id == self.relay_id))
         self.release_claims()

@@ -25,11 +25,13 @@ from relay.store.schema import (
     DEAD,
     DELIVERED,
     PENDING,
+    circuits,
     deliveries,
     leases,
     messages,
     numbers,
     outbound,
+    relays,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +72,8 @@ class WebhookStatus:
     oldest_pending_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+    #: Since when a live relay's circuit for it has been open (the earliest); None: closed.
+    circuit_open_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,17 @@ class Operator(Outbound):
                 ).first()
                 for hook in hooks
             }
+            alive = sa.select(relays.c.id).where(
+                relays.c.heartbeat_at >= now - timedelta(seconds=self.lease)
+            )
+            opened = {
+                hook: since
+                for hook, since in conn.execute(
+                    sa.select(circuits.c.webhook, sa.func.min(circuits.c.opened_at))
+                    .where(circuits.c.relay_id.in_(alive.scalar_subquery()))
+                    .group_by(circuits.c.webhook)
+                )
+            }
         never, free = (None, None, 0, None, None, 0, 0), (None, None)
         number_rows = [
             NumberStatus(number, *polled.get(number, never), *held.get(number, free))
@@ -169,6 +184,7 @@ class Operator(Outbound):
         hook_rows = []
         for hook in hooks:
             q = queues.get(hook, {})
+            failed = failures[hook]
             hook_rows.append(
                 WebhookStatus(
                     hook,
@@ -177,7 +193,9 @@ class Operator(Outbound):
                     q.get(DELIVERED, 0),
                     q.get(DEAD, 0),
                     oldest.get(hook),
-                    *(failures[hook] or (None, None)),
+                    last_error=failed[0] if failed else None,
+                    last_error_at=failed[1] if failed else None,
+                    circuit_open_since=opened.get(hook),
                 )
             )
         return Status(now, tuple(number_rows), tuple(hook_rows), self.outbound_counts())

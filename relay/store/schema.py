@@ -154,3 +154,12 @@ outbound = sa.Table(
     sa.UniqueConstraint("delivery_id", name="uq_outbound_delivery"),
     sa.Index("ix_outbound_due", "state", "next_attempt_at"),
 )
+
+circuits = sa.Table(
+    "circuits",
+    metadata,
+    sa.Column("webhook", sa.String(64), nullable=False),
+    sa.Column("relay_id", sa.String(64), nullable=False),
+    sa.Column("opened_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("webhook", "relay_id", name="pk_circuits"),
+)

@@ -1,0 +1,36 @@
+"""Open circuits: which relay stopped sending to which webhook, and since when, so that
+``status`` (another process) can show it.
+
+A row exists while a relay's circuit for the webhook is open; it goes when the circuit
+closes, or with its relay (``status`` shows only relays with a live heartbeat).
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Create the table."""
+    op.create_table(
+        "circuits",
+        sa.Column("webhook", sa.String(64), nullable=False),
+        sa.Column("relay_id", sa.String(64), nullable=False),
+        sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("webhook", "relay_id", name="pk_circuits"),
+    )
+
+
+def downgrade() -> None:
+    """Drop it."""
+    op.drop_table("circuits")
