@@ -104,6 +104,9 @@ class Lane(Worker[DueDelivery]):
         self._store = store
         self._writer = writer
         self._jitter = jitter
+        #: ``ordering = "sender"``: claim a sender's next message only once the one before
+        #: it is settled.
+        self.in_order = self.config.ordering == "sender"
         #: Stops sending, but for probes, while the webhook keeps failing.
         self.circuit = Circuit(
             self.config.name,
@@ -119,11 +122,15 @@ class Lane(Worker[DueDelivery]):
 
     async def claim(self, limit: int) -> list[DueDelivery]:
         """Claim due deliveries to this webhook."""
-        return await self._store.call(self._store.sync.claim, self.config.name, limit)
+        return await self._store.call(
+            self._store.sync.claim, self.config.name, limit, in_order=self.in_order
+        )
 
     async def next_due(self) -> datetime | None:
         """When this webhook's next delivery falls due."""
-        return await self._store.call(self._store.sync.next_due, self.config.name)
+        return await self._store.call(
+            self._store.sync.next_due, self.config.name, in_order=self.in_order
+        )
 
     async def process(self, item: DueDelivery) -> None:
         """Send one delivery, then hand the outcome to the group commit and free the slot.
@@ -184,6 +191,8 @@ class Lane(Worker[DueDelivery]):
             self.abandon(delivery.id)
             return
         self._log(delivery, outcome)
+        if self.in_order:
+            self.wake()  # the sender's next message may be claimed now
         if outcome.reply is not None:
             self.on_reply()
 

@@ -156,6 +156,9 @@ class WebhookConfig:
     match: MatchConfig | None = None
     #: ``rate_limit``: requests started per second at most (a token bucket); None: no limit.
     rate_limit: float | None = None
+    #: ``ordering``: "sender" delivers each sender's messages to a number in provider
+    #: order (one at a time per sender); "none" (default): as they fall due.
+    ordering: str = "none"
     #: Failed attempts in a row that open the circuit (:mod:`relay.circuit`); 0: never.
     circuit_failures: int = DEFAULT_CIRCUIT_FAILURES
     #: While the circuit is open, one probe attempt per this many seconds.

@@ -73,7 +73,7 @@ SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentr
 _API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
              "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
 _WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "secrets", "secret_files", "match",
-                 "rate_limit", "circuit_failures", "circuit_probe",
+                 "rate_limit", "circuit_failures", "circuit_probe", "ordering",
                  "timeout", "retry_initial",
                  "retry_max", "give_up_after", "concurrency", "headers",
                  "headers_file")  # fmt: skip

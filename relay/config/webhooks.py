@@ -69,6 +69,7 @@ def parse_webhook(
         headers=_webhook_headers(hook, base),
         match=_match(hook, region),
         rate_limit=_rate_limit(hook),
+        ordering=hook.choice("ordering", ORDERINGS, "none"),
         circuit_failures=hook.integer("circuit_failures", DEFAULT_CIRCUIT_FAILURES, 0, 1_000_000),
         circuit_probe=hook.duration("circuit_probe", DEFAULT_CIRCUIT_PROBE),
     )
@@ -157,6 +158,8 @@ def _header_problem(name: str, value: str, found: Mapping[str, tuple[str, str, s
     return ""
 
 
+#: ``ordering``: as deliveries fall due, or each sender's messages in provider order.
+ORDERINGS = ("none", "sender")
 #: The keys a webhook's secret may come from; exactly one is set.
 SECRET_KEYS = ("secret", "secret_file", "secrets", "secret_files")
 #: Secrets at once during a rotation: the new one, the old one, and a spare.

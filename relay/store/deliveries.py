@@ -64,6 +64,32 @@ def _save_outcome() -> sa.Update:
     )
 
 
+def _no_earlier_pending() -> sa.ColumnElement[bool]:
+    """For ``ordering = "sender"``: no earlier message (by provider time, then the order
+    it was recorded in) from the same sender to the same number is pending to the same
+    webhook. Correlated with the ``deliveries`` row being claimed."""
+    this = messages.alias("this_message")
+    earlier_d = deliveries.alias("earlier_delivery")
+    earlier_m = messages.alias("earlier_message")
+    earlier = (
+        sa.select(earlier_d.c.id)
+        .select_from(earlier_d.join(earlier_m, earlier_m.c.id == earlier_d.c.message_id))
+        .where(
+            this.c.id == deliveries.c.message_id,
+            earlier_d.c.webhook == deliveries.c.webhook,
+            earlier_d.c.state == PENDING,
+            earlier_m.c.number == this.c.number,
+            earlier_m.c.sender == this.c.sender,
+            sa.or_(
+                earlier_m.c.received_at < this.c.received_at,
+                sa.and_(earlier_m.c.received_at == this.c.received_at, earlier_m.c.id < this.c.id),
+            ),
+        )
+        .correlate(deliveries)
+    )
+    return ~earlier.exists()
+
+
 #: Built once: the statement :meth:`Deliveries.save_outcomes` runs for every batch.
 SAVE_OUTCOME = _save_outcome()
 
@@ -76,10 +102,15 @@ class Deliveries(StoreBase):
         """Queue a reply, at most one per delivery (this dialect's ``ON CONFLICT``)."""
         return self.insert(outbound).on_conflict_do_nothing(index_elements=[outbound.c.delivery_id])
 
-    def claim(self, webhook: str, limit: int) -> list[DueDelivery]:
-        """Claim up to ``limit`` due deliveries to ``webhook`` for this relay, oldest first."""
+    def claim(self, webhook: str, limit: int, *, in_order: bool = False) -> list[DueDelivery]:
+        """Claim up to ``limit`` due deliveries to ``webhook`` for this relay, oldest first;
+        ``in_order`` (``ordering = "sender"``): only those with no earlier message from the
+        same sender to the same number still pending to it."""
+        where = [deliveries.c.webhook == webhook]
+        if in_order:
+            where.append(_no_earlier_pending())
         with self.engine.begin() as conn:
-            ids = self.claim_ids(conn, deliveries, limit, deliveries.c.webhook == webhook)
+            ids = self.claim_ids(conn, deliveries, limit, *where)
             if not ids:
                 return []
             rows = conn.execute(
@@ -89,13 +120,16 @@ class Deliveries(StoreBase):
             )
             return [DueDelivery(*row) for row in rows]
 
-    def next_due(self, webhook: str) -> datetime | None:
+    def next_due(self, webhook: str, *, in_order: bool = False) -> datetime | None:
         """When the next pending delivery to ``webhook`` that this relay is not already
-        sending can be claimed: its retry time, or when another relay's claim runs out."""
+        sending can be claimed: its retry time, or when another relay's claim runs out.
+        ``in_order``: deliveries waiting for an earlier message of their sender do not
+        count (the lane is woken when that one is settled)."""
         unclaimed = sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
             deliveries.c.webhook == webhook,
             deliveries.c.state == PENDING,
             deliveries.c.claimed_by.is_(None),
+            *([_no_earlier_pending()] if in_order else []),
         )
         with self.engine.connect() as conn:
             found = [conn.execute(unclaimed).scalar_one_or_none()]

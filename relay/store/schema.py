@@ -66,6 +66,7 @@ messages = sa.Table(
     sa.Column("seen_at", UtcDateTime(), nullable=False),
     sa.UniqueConstraint("number", "provider_id", name="uq_messages_number_provider_id"),
     sa.Index("ix_messages_received_at", "received_at"),
+    sa.Index("ix_messages_sender", "number", "sender", "received_at"),
 )
 
 numbers = sa.Table(

@@ -1,8 +1,13 @@
-"""Open circuits: which relay stopped sending to which webhook, and since when, so that
-``status`` (another process) can show it.
+"""Open circuits, and messages by sender.
 
-A row exists while a relay's circuit for the webhook is open; it goes when the circuit
-closes, or with its relay (``status`` shows only relays with a live heartbeat).
+- ``circuits``: which relay stopped sending to which webhook, and since when, so that
+  ``status`` (another process) can show it. A row exists while a relay's circuit for
+  the webhook is open; it goes when the circuit closes, or with its relay (``status``
+  shows only relays with a live heartbeat).
+- ``ix_messages_sender`` on ``messages (number, sender, received_at)``: what
+  ``ordering = "sender"`` asks at every claim (is an earlier message of this sender
+  still pending?). Claiming 32 of a 5,000-delivery backlog took 20 ms on SQLite and
+  100 ms on PostgreSQL without it, 1.2 ms and 32 ms with it.
 
 Revision ID: 0005
 Revises: 0004
@@ -21,7 +26,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Create the table."""
+    """Create the table and the index."""
     op.create_table(
         "circuits",
         sa.Column("webhook", sa.String(64), nullable=False),
@@ -29,8 +34,10 @@ def upgrade() -> None:
         sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("webhook", "relay_id", name="pk_circuits"),
     )
+    op.create_index("ix_messages_sender", "messages", ["number", "sender", "received_at"])
 
 
 def downgrade() -> None:
-    """Drop it."""
+    """Drop them."""
+    op.drop_index("ix_messages_sender", table_name="messages")
     op.drop_table("circuits")
