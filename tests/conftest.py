@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import KEY, TOKEN
+from tests.support import KEY, TOKEN, event_problems
 
 PG_URL = os.environ.get("RELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -111,9 +111,17 @@ async def sim() -> AsyncIterator[Simulator]:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[WebhookReceiver]:
-    """A webhook receiver on loopback that verifies signatures made with KEY."""
+    """A webhook receiver on loopback that verifies signatures made with KEY; every
+    signed body it got must be an event docs/events.schema.json describes."""
     async with WebhookReceiver(KEY) as r:
         yield r
+    problems = [
+        f"{d.webhook_id}: {problem}"
+        for d in r.deliveries
+        if d.verified
+        for problem in event_problems(d.payload)
+    ]
+    assert not problems, "payloads outside docs/events.schema.json:\n" + "\n".join(problems)
 
 
 @pytest.fixture

@@ -349,3 +349,39 @@ else:  # pragma: no cover - Python 3.10, which has no asyncio.timeout
             raise
         finally:
             handle.cancel()
+
+
+#: The events' JSON Schema, as published in docs/.
+EVENTS_SCHEMA: dict[str, Any] = json.loads(
+    (Path(__file__).resolve().parent.parent / "docs" / "events.schema.json").read_text("utf-8")
+)
+
+
+def strict(schema: object) -> object:
+    """``schema`` with ``additionalProperties: false`` on every object that lists its
+    properties: the published schema lets fields a consumer does not know through (they
+    are only ever added), the tests refuse fields it does not describe."""
+    if isinstance(schema, dict):
+        out = {key: strict(value) for key, value in schema.items()}
+        if "properties" in out:
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    return schema
+
+
+def event_problems(payload: object, schema: object = EVENTS_SCHEMA) -> list[str]:
+    """Why ``payload`` is not an event the strict form of ``schema`` describes, naming each
+    field (the errors inside ``oneOf`` branches included); [] if it is one."""
+    from jsonschema import Draft202012Validator, ValidationError
+
+    validator = Draft202012Validator(
+        strict(schema), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+
+    def leaves(error: ValidationError) -> list[ValidationError]:
+        return [leaf for e in error.context for leaf in leaves(e)] if error.context else [error]
+
+    found = [leaf for e in validator.iter_errors(payload) for leaf in leaves(e)]
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in found]

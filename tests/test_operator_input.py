@@ -32,6 +32,7 @@ DB_PASSWORD = "pgpassw0rd-do-not-leak"
 SHIPPED = {
     "config.example.toml": "relay/data/config.example.toml",
     "systemd/aatrox-relay.service": "relay/data/aatrox-relay.service",
+    "docs/events.schema.json": "relay/data/events.schema.json",
 }
 
 
@@ -318,8 +319,8 @@ async def test_send_takes_exactly_one_text_option(
 
 @pytest.mark.parametrize(("original", "copy"), SHIPPED.items())
 def test_shipped_copies_match_the_repository(original: str, copy: str) -> None:
-    """relay/data holds byte-identical copies of the example config and the systemd unit:
-    edit the repository's file, then copy it there."""
+    """relay/data holds byte-identical copies of the example config, the systemd unit and
+    the events' JSON Schema: edit the repository's file, then copy it there."""
     assert (ROOT / copy).read_bytes() == (ROOT / original).read_bytes(), f"cp {original} {copy}"
 
 
