@@ -148,13 +148,13 @@ class Lane(Worker[DueDelivery]):
             raise
         changed = self.circuit.record(is_failure(answer.status, answer.ok))
         if changed is not None:
-            await self._save_circuit(changed)
+            await self.save_circuit(changed)
         outcome = self._outcome(item, answer)
         self._writer.submit(outcome).add_done_callback(
             lambda saved: self._recorded(item, outcome, saved)
         )
 
-    async def _save_circuit(self, is_open: bool) -> None:
+    async def save_circuit(self, is_open: bool) -> None:
         """Note the circuit's new state in the store, for ``status``; a store error is
         logged and otherwise ignored (the circuit works all the same)."""
         opened_at = self.clock.now() if is_open else None
@@ -355,6 +355,8 @@ class Dispatcher:
     async def _retire(self, name: str, timeout: float) -> int:
         lane = self.lanes.pop(name)
         cut = await lane.drain(timeout)
+        if lane.circuit.open:  # its successor starts closed: status must not say open
+            await lane.save_circuit(False)
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()

@@ -16,9 +16,12 @@ from relay.circuit import Circuit, is_failure
 from relay.clock import SystemClock
 from relay.config import NumberConfig
 from relay.daemon import Relay
+from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
+from relay.retry import NoJitter
 from relay.sentry import Alerts
 from relay.service import Telemetry
+from relay.store import AsyncStore, Store
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
@@ -186,3 +189,25 @@ def test_the_gauge_and_sentry_hear_it_open_and_close_once() -> None:
         ("error", "circuit_open:hook"),
         ("info", "circuit_open:hook"),
     ]
+
+
+@pytest.mark.anyio
+async def test_a_reloaded_webhook_no_longer_shows_an_open_circuit(sqlite_url: str) -> None:
+    """A webhook whose lane is replaced by a reload starts with a closed circuit, and
+    status stops saying its circuit is open."""
+    store = AsyncStore(Store.open(sqlite_url, SystemClock()))
+    store.sync.balance([])  # a live heartbeat: status shows this relay's circuits
+    hook = webhook_config("http://127.0.0.1:9", name="hook", circuit_failures=1)
+    dispatcher = Dispatcher(store, [hook], SystemClock(), NoJitter())
+    try:
+        lane = dispatcher.lanes["hook"]
+        assert lane.circuit.record(failed=True) is True
+        await lane.save_circuit(True)
+        assert store.sync.read_status([], ["hook"]).webhooks[0].circuit_open_since is not None
+        changed = dataclasses.replace(hook, timeout=3.0)
+        await dispatcher.reconfigure([changed], lambda _number: False, 1.0)
+        assert not dispatcher.lanes["hook"].circuit.open
+        assert store.sync.read_status([], ["hook"]).webhooks[0].circuit_open_since is None
+    finally:
+        await dispatcher.aclose()
+        store.close()
