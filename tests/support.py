@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sentry_sdk
 from sentry_sdk.envelope import Envelope
@@ -33,6 +33,9 @@ from relay.config import (
     WebhookConfig,
 )
 from relay.http import Request, Response
+
+if TYPE_CHECKING:
+    from relay.daemon import Relay
 
 TOKEN = "test-token-5f2c"
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -385,3 +388,15 @@ def event_problems(payload: object, schema: object = EVENTS_SCHEMA) -> list[str]
 
     found = [leaf for e in validator.iter_errors(payload) for leaf in leaves(e)]
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in found]
+
+
+@asynccontextmanager
+async def running(relay: Relay) -> AsyncIterator[None]:
+    """``relay.run`` in the background for the block; then stopped, and awaited."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task

@@ -25,7 +25,7 @@ from relay.store import AsyncStore, Store
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, recording_sentry, relay_config, webhook_config
+from tests.support import NUMBERS, SENDER, recording_sentry, relay_config, running, webhook_config
 
 
 @pytest.mark.parametrize(
@@ -127,26 +127,20 @@ async def test_a_webhook_down_for_a_while_gets_few_attempts_then_everything(
         base, webhooks=(hook,), numbers=(NumberConfig(NUMBERS[0], ("hook",), 0.2),)
     )
     receiver.respond(Rule(status=503))
-    async with Relay(config) as relay:
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop))
-        try:
-            down_since = time.monotonic()
-            for i in range(200):  # over 4 s
-                sim.inject(SENDER, NUMBERS[0], f"m{i}")
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(max(down_since + 6.0 - time.monotonic(), 0.0))
-            during = len(receiver.deliveries)
-            shown = relay.store.sync.read_status([], ["hook"]).webhooks[0]
-            assert shown.circuit_open_since is not None
-            assert "open " in status_text(relay.store.sync.read_status([], ["hook"]))
-            receiver.clear_rules()
-            back = time.monotonic()
-            await receiver.wait_for(200, timeout=20)
-            drained = time.monotonic() - back
-        finally:
-            stop.set()
-            await task
+    async with Relay(config) as relay, running(relay):
+        down_since = time.monotonic()
+        for i in range(200):  # over 4 s
+            sim.inject(SENDER, NUMBERS[0], f"m{i}")
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(max(down_since + 6.0 - time.monotonic(), 0.0))
+        during = len(receiver.deliveries)
+        shown = relay.store.sync.read_status([], ["hook"]).webhooks[0]
+        assert shown.circuit_open_since is not None
+        assert "open " in status_text(relay.store.sync.read_status([], ["hook"]))
+        receiver.clear_rules()
+        back = time.monotonic()
+        await receiver.wait_for(200, timeout=20)
+        drained = time.monotonic() - back
     assert during <= 10 + hook.concurrency + 6, f"{during} attempts while the webhook was down"
     assert drained < 5.0
     assert len(receiver.accepted_ids()) == 200

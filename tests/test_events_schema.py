@@ -4,7 +4,6 @@ retyped or unannounced field."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from typing import Any
@@ -15,7 +14,7 @@ from jsonschema import Draft202012Validator
 from relay.daemon import Relay
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import EVENTS_SCHEMA, NUMBERS, event_problems, relay_config
+from tests.support import EVENTS_SCHEMA, NUMBERS, event_problems, relay_config, running
 
 GOOD: dict[str, Any] = {
     "type": "sms.received",
@@ -85,14 +84,9 @@ async def test_real_deliveries_fit_the_schema(
     emoji fits the strict schema."""
     for sender, text in [("+61412345678", "hi 👋"), ("Telstra", "bill"), ("1234", "")]:
         sim.inject(sender, NUMBERS[0], text)
-    async with Relay(relay_config(sim.url, receiver.url, sqlite_url, numbers=NUMBERS[:1])) as r:
-        stop = asyncio.Event()
-        task = asyncio.create_task(r.run(stop))
-        try:
-            await receiver.wait_for(3, timeout=20)
-        finally:
-            stop.set()
-            await task
+    config = relay_config(sim.url, receiver.url, sqlite_url, numbers=NUMBERS[:1])
+    async with Relay(config) as relay, running(relay):
+        await receiver.wait_for(3, timeout=20)
     bodies = [json.loads(d.body) for d in receiver.deliveries if d.verified]
     assert len(bodies) >= 3
     assert all(event_problems(body) == [] for body in bodies)

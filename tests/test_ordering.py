@@ -3,7 +3,6 @@ order the provider received them, whatever fails and is retried on the way."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from relay.store import DEAD, DELIVERED, PENDING, Outcome, Store
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, relay_config, webhook_config
+from tests.support import NUMBERS, relay_config, running, webhook_config
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 ALICE, BOB = "+61412345678", "+61498765432"
@@ -103,14 +102,8 @@ async def test_each_senders_messages_arrive_in_order_through_failures(
     config = dataclasses.replace(
         base, webhooks=(hook,), numbers=(NumberConfig(NUMBERS[0], ("hook",), 0.2),)
     )
-    async with Relay(config) as relay:
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop))
-        try:
-            await receiver.wait_for(36, timeout=30)
-        finally:
-            stop.set()
-            await task
+    async with Relay(config) as relay, running(relay):
+        await receiver.wait_for(36, timeout=30)
     firsts: dict[str, list[str]] = {}
     seen: set[str] = set()
     for d in receiver.deliveries:

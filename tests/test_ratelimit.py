@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from relay.ratelimit import TokenBucket, parse_rate
 from relay.testing.clock import FakeClock
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, relay_config, webhook_config
+from tests.support import NUMBERS, SENDER, relay_config, running, webhook_config
 
 API = '[api]\ntoken = "t"\n'
 HOOK = (
@@ -98,14 +97,8 @@ async def test_a_limited_webhook_gets_the_whole_burst_at_its_rate(
     )
     for i in range(130):
         sim.inject(SENDER, NUMBERS[0], f"burst {i}")
-    async with Relay(config) as relay:
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop))
-        try:
-            await receiver.wait_for(130, timeout=30)
-        finally:
-            stop.set()
-            await task
+    async with Relay(config) as relay, running(relay):
+        await receiver.wait_for(130, timeout=30)
     starts = sorted(d.received_at for d in receiver.deliveries)
     assert len({d.webhook_id for d in receiver.deliveries}) == 130
     assert most_in_a_window(starts, 5.0) <= 21 * 5

@@ -18,7 +18,7 @@ from relay.inbound import InboundMessage
 from relay.routing import matches, router
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, relay_config, webhook_config
+from tests.support import NUMBERS, relay_config, running, webhook_config
 
 STOP = MatchConfig(text=re.compile(r"(?i)^(stop|help)\b"))
 MOBILES = MatchConfig(senders=("+6141", "+61422"))
@@ -136,15 +136,9 @@ async def test_only_matching_messages_reach_a_filtered_webhook(
         "/mobiles": {"STOP", "hello", "Stop."},
         "/all": {text for _sender, text in sent},
     }
-    async with Relay(config) as relay:
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop))
-        try:
-            await receiver.wait_for(sum(len(texts) for texts in expected.values()), timeout=20)
-            await asyncio.sleep(0.5)  # anything extra would arrive now
-        finally:
-            stop.set()
-            await task
+    async with Relay(config) as relay, running(relay):
+        await receiver.wait_for(sum(len(texts) for texts in expected.values()), timeout=20)
+        await asyncio.sleep(0.5)  # anything extra would arrive now
     got: dict[str, set[str]] = {}
     for d in receiver.deliveries:
         got.setdefault(d.path, set()).add(str(d.payload["data"]["text"]))  # type: ignore[index]

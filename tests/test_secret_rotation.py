@@ -3,7 +3,6 @@ signature per secret, and a consumer holding either one verifies it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from relay.errors import ConfigError
 from relay.signing import decode_secret
 from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SECRET, SENDER, write_config
+from tests.support import NUMBERS, SECRET, SENDER, running, write_config
 
 NEW = "whsec_" + base64.b64encode(b"the-new-secret-of-the-webhook!!").decode()
 #: The receiver holds the old secret (tests.support.SECRET), so it verifies as before.
@@ -50,14 +49,8 @@ async def test_either_secret_verifies_every_delivery(
     assert config.webhooks[0].secrets == (decode_secret(NEW), decode_secret(OLD))
     for i in range(3):
         sim.inject(SENDER, NUMBERS[0], f"rotation {i}")
-    async with Relay(config) as relay:
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop))
-        try:
-            await receiver.wait_for(3, timeout=20)
-        finally:
-            stop.set()
-            await task
+    async with Relay(config) as relay, running(relay):
+        await receiver.wait_for(3, timeout=20)
     answered = [d for d in receiver.deliveries if d.verified and d.status < 300]
     assert len({d.webhook_id for d in answered}) == 3
     for d in answered:
