@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import gzip
 import json
 import logging
@@ -35,6 +36,8 @@ from relay.config import (
 from relay.http import Request, Response
 
 if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+
     from relay.daemon import Relay
 
 TOKEN = "test-token-5f2c"
@@ -374,19 +377,25 @@ def strict(schema: object) -> object:
     return schema
 
 
-def event_problems(payload: object, schema: object = EVENTS_SCHEMA) -> list[str]:
-    """Why ``payload`` is not an event the strict form of ``schema`` describes, naming each
-    field (the errors inside ``oneOf`` branches included); [] if it is one."""
-    from jsonschema import Draft202012Validator, ValidationError
+@functools.cache
+def _strict_validator() -> Draft202012Validator:
+    """The validator of the strict events schema: built once, it checks every body."""
+    from jsonschema import Draft202012Validator
 
-    validator = Draft202012Validator(
-        strict(schema), format_checker=Draft202012Validator.FORMAT_CHECKER
+    return Draft202012Validator(
+        strict(EVENTS_SCHEMA), format_checker=Draft202012Validator.FORMAT_CHECKER
     )
+
+
+def event_problems(payload: object) -> list[str]:
+    """Why ``payload`` is not an event the strict events schema describes, naming each
+    field (the errors inside ``oneOf`` branches included); [] if it is one."""
+    from jsonschema import ValidationError
 
     def leaves(error: ValidationError) -> list[ValidationError]:
         return [leaf for e in error.context for leaf in leaves(e)] if error.context else [error]
 
-    found = [leaf for e in validator.iter_errors(payload) for leaf in leaves(e)]
+    found = [leaf for e in _strict_validator().iter_errors(payload) for leaf in leaves(e)]
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in found]
 
 
