@@ -7,7 +7,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
@@ -125,6 +125,10 @@ class StoreBase:
         """A trivial query: raises when the store does not answer."""
         with self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
+
+    def alive(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Whether a ``relays`` row is a live relay: a heartbeat within ``lease`` of ``now``."""
+        return relays.c.heartbeat_at >= now - timedelta(seconds=self.lease)
 
     def claim_ids(
         self, conn: Connection, table: sa.Table, limit: int, *where: sa.ColumnElement[bool]

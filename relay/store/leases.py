@@ -30,7 +30,6 @@ class Leases(StoreBase):
         """One lease round for this relay over the configured numbers; the numbers it now holds."""
         now = self.clock.now()
         me = self.relay_id
-        alive_since = now - timedelta(seconds=self.lease)
         expires = now + timedelta(seconds=self.lease - round_interval(self.lease))
         wanted = list(names)
         with self.engine.begin() as conn:
@@ -44,9 +43,7 @@ class Leases(StoreBase):
                 circuits.delete().where(circuits.c.relay_id.not_in(sa.select(relays.c.id)))
             )
             alive = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(relays)
-                .where(relays.c.heartbeat_at >= alive_since)
+                sa.select(sa.func.count()).select_from(relays).where(self.alive(now))
             ).scalar_one()
             for table in CLAIMABLE:
                 conn.execute(

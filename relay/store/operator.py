@@ -165,9 +165,7 @@ class Operator(Outbound):
                 ).first()
                 for hook in hooks
             }
-            alive = sa.select(relays.c.id).where(
-                relays.c.heartbeat_at >= now - timedelta(seconds=self.lease)
-            )
+            alive = sa.select(relays.c.id).where(self.alive(now))
             opened = {
                 hook: since
                 for hook, since in conn.execute(
