@@ -1,7 +1,8 @@
 """The bench's peers, in one process of their own: the API simulator and a webhook sink.
 
-``python -m bench.peers [--listing-limit N]`` starts a
-:class:`relay.testing.simulator.Simulator` (counting the receive requests it serves) and a
+``python -m bench.peers [--listing-limit N] [--rate-limit R]`` starts a
+:class:`relay.testing.simulator.Simulator` (counting the receive requests it serves;
+with ``--rate-limit``, answering 429 past R requests a second per token) and a
 minimal webhook receiver on :mod:`relay.httpd`, prints one JSON line ``{"api", "hook",
 "control", "token", "secret"}`` on stdout, and serves until stdin closes or SIGTERM.
 
@@ -17,6 +18,12 @@ and answers 204. Control endpoints, on the receiver's port::
                           first_polls is when each number (``to``) was first polled
     GET  /_bench/wait?unique=N&timeout=S   the stats once N distinct messages arrived
     GET  /_bench/latencies  arrival minus injection, per traffic message delivered
+    POST /_bench/conversations  {"numbers", "seconds", "min_gap", "max_gap", "start_within"}:
+                          one conversation per number, each with a sender of its own: a
+                          first message within ``start_within`` s, then each next one
+                          ``min_gap`` to ``max_gap`` s after the previous one reached the
+                          webhook (the customer answers the app's reply), for ``seconds``
+    GET  /_bench/conversations  latencies of the first messages and of the others
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ import random
 import signal
 import sys
 import time
+from typing import Any
 
 from relay.errors import SignatureError
 from relay.http import Request, Response, json_response
 from relay.httpd import HttpServer
 from relay.signing import verify
+from relay.testing.faults import RateLimit
 from relay.testing.simulator import Simulator
 
 TOKEN = "bench-token"
@@ -86,6 +95,12 @@ class Sink:
         self.traffic_done = True
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Conversation messages: id -> (conversation, injected at, first of its own).
+        self.said: dict[str, tuple[int, float, bool]] = {}
+        #: Per conversation: (number, sender, ends at); gaps drawn from ``_talk``.
+        self._conversations: list[tuple[str, str, float]] = []
+        self._gaps = (2.0, 10.0)
+        self._talk = random.Random(TRAFFIC_SEED)
 
     async def handle(self, request: Request) -> Response:
         """Route one request."""
@@ -114,7 +129,52 @@ class Sink:
             self.arrivals[message_id] = now
             self.last_new = now
             self._wake()
+            if message_id in self.said:
+                self._answered(self.said[message_id][0])
         return Response(status=204)
+
+    def _answered(self, conversation: int) -> None:
+        """The app got a conversation's message: its customer writes again in a while,
+        unless the conversation is over by then."""
+        ends = self._conversations[conversation][2]
+        delay = self._talk.uniform(*self._gaps)
+        if time.monotonic() + delay < ends:
+            loop = asyncio.get_running_loop()
+            loop.call_later(delay, self._say, conversation, False)
+
+    def _say(self, conversation: int, first: bool) -> None:
+        number, sender, _ends = self._conversations[conversation]
+        message = self.simulator.inject(sender, number, f"c{conversation}")
+        self.said[str(message.id)] = (conversation, time.monotonic(), first)
+        self.injected += 1
+
+    def _converse(self, numbers: list[str], body: dict[str, Any]) -> None:
+        """Start one conversation per number (see the module docstring)."""
+        self._gaps = (float(body["min_gap"]), float(body["max_gap"]))
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for number in numbers:
+            start = self._talk.uniform(0.0, float(body["start_within"]))
+            sender = f"+6149{len(self._conversations):07d}"
+            self._conversations.append((number, sender, now + start + float(body["seconds"])))
+            loop.call_later(start, self._say, len(self._conversations) - 1, True)
+
+    def conversation_latencies(self) -> dict[str, object]:
+        """Arrival minus injection of conversation messages, firsts and others apart;
+        counts include the undelivered."""
+        firsts: list[float] = []
+        others: list[float] = []
+        for message_id, (_conv, at, first) in self.said.items():
+            if message_id in self.arrivals:
+                (firsts if first else others).append(self.arrivals[message_id] - at)
+        said_first = sum(1 for _c, _a, first in self.said.values() if first)
+        return {
+            "firsts": firsts,
+            "others": others,
+            "said_firsts": said_first,
+            "said_others": len(self.said) - said_first,
+            "done": all(time.monotonic() >= ends for _n, _s, ends in self._conversations),
+        }
 
     def _wake(self) -> None:
         unique = len(self.arrivals)
@@ -136,6 +196,9 @@ class Sink:
             "first_receive": sim.first_receive,
             "last_receive": sim.last_receive,
             "first_polls": sim.first_polls,
+            "api_requests": sum(sim.requests.values()),
+            "limited": sim.limited,
+            "polls": dict(sim.polls),
             "webhooks": self.webhooks,
             "unique": len(self.arrivals),
             "duplicates": self.webhooks - self.bad - len(self.arrivals),
@@ -161,6 +224,8 @@ class Sink:
                 if mid in self.arrivals
             ]
             return json_response({"injected": len(self.injected_at), "latencies": latencies})
+        if route == ("GET", "conversations"):
+            return json_response(self.conversation_latencies())
         body = json.loads(request.body)
         numbers = [str(n) for n in body["numbers"]]
         sender = str(body.get("sender", "+61412345678"))
@@ -172,6 +237,9 @@ class Sink:
                 last = message.id
             self.injected += int(body["count"])
             return json_response({"first_id": first, "last_id": last}, 201)
+        if route == ("POST", "conversations"):
+            self._converse(numbers, body)
+            return json_response({"started": len(numbers)}, 202)
         if route == ("POST", "traffic"):
             task = asyncio.create_task(
                 self._traffic(numbers, float(body["rate"]), float(body["seconds"]), sender)
@@ -211,9 +279,11 @@ class Sink:
             self.traffic_done = True
 
 
-async def serve(listing_limit: int) -> None:
+async def serve(listing_limit: int, rate_limit: float | None = None) -> None:
     """Run the peers until stdin closes or SIGTERM/SIGINT."""
     simulator = CountingSimulator(listing_limit=listing_limit)
+    if rate_limit is not None:
+        simulator.rate_limit = RateLimit(rate_limit)
     sink = Sink(simulator)
     hooks = HttpServer(sink.handle)
     await simulator.start()
@@ -242,8 +312,9 @@ def main() -> int:
     """``python -m bench.peers``."""
     parser = argparse.ArgumentParser(prog="python -m bench.peers")
     parser.add_argument("--listing-limit", type=int, default=1000)
+    parser.add_argument("--rate-limit", type=float, help="429 past this many requests/s a token")
     args = parser.parse_args()
-    asyncio.run(serve(args.listing_limit))
+    asyncio.run(serve(args.listing_limit, args.rate_limit))
     return 0
 
 

@@ -86,12 +86,17 @@ class Env:
 class Peers:
     """``python -m bench.peers``: the simulator and the webhook sink, driven over HTTP."""
 
-    def __init__(self, env: Env, *, listing_limit: int = 1000) -> None:
+    def __init__(
+        self, env: Env, *, listing_limit: int = 1000, rate_limit: float | None = None
+    ) -> None:
         self.env = env
         log = env.workdir / f"peers-{time.monotonic_ns()}.log"
         self._log = log.open("w")
+        command = [sys.executable, "-m", "bench.peers", "--listing-limit", str(listing_limit)]
+        if rate_limit is not None:
+            command += ["--rate-limit", str(rate_limit)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.peers", "--listing-limit", str(listing_limit)],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -138,6 +143,17 @@ class Peers:
         """How many traffic messages were injected, and each delivered one's latency."""
         doc = self._call("GET", "/_bench/latencies")
         return int(doc["injected"]), [float(x) for x in doc["latencies"]]
+
+    def converse(self, numbers: list[str], seconds: float, gaps: tuple[float, float]) -> None:
+        """One conversation on each of ``numbers`` for ``seconds``, in the background."""
+        body = {"numbers": numbers, "seconds": seconds, "min_gap": gaps[0],
+                "max_gap": gaps[1], "start_within": gaps[1]}  # fmt: skip
+        self._call("POST", "/_bench/conversations", json=body)
+
+    def conversations(self) -> dict[str, Any]:
+        """The conversation messages' latencies (see bench.peers)."""
+        doc: dict[str, Any] = self._call("GET", "/_bench/conversations")
+        return doc
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.client.request(method, path, **kwargs)

@@ -10,6 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.budgeted import (
+    CONVERSATION_BUDGET,
+    CONVERSATION_MIN_INTERVAL,
+    Conversations,
+    run_conversations,
+    run_provider_limit,
+)
 from bench.procs import BenchError
 from bench.runs import (
     BURST_INTERVAL,
@@ -31,7 +38,8 @@ from bench.runs import (
 )
 from bench.stores import fill_sqlite, migrate, numbers, postgres_database, postgres_reachable
 
-SCENARIOS = ("burst", "idle", "latency", "big-store", "memory", "scale-out", "start-up")
+SCENARIOS = ("burst", "idle", "latency", "big-store", "memory", "scale-out", "start-up",
+             "conversations", "provider-limit")  # fmt: skip
 #: Scenarios whose row is computed from another scenario's runs.
 NEEDS = {"memory": "idle", "big-store": "burst"}
 
@@ -51,6 +59,10 @@ SCALE_OUT_TARGET = 1.6
 READY_TARGET = 0.7
 #: Every number polled once within this long after READY=1, at most (and within its interval).
 ALL_POLLED_AFTER_READY = 1.0
+#: p99 message-to-webhook of the conversation messages after each conversation's first.
+CONVERSATION_P99_TARGET = 2.5
+#: Under the provider's limit: the settled rate at most the limit, 429s under this share.
+LIMITED_SHARE_TARGET = 0.05
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,8 @@ def run_scenarios(settings: Settings, chosen: list[str]) -> Report:
         "memory": _memory,
         "scale-out": _scale_out,
         "start-up": _start_up,
+        "conversations": _conversations,
+        "provider-limit": _provider_limit,
     }
     for name in SCENARIOS:
         if name in wanted:
@@ -363,4 +377,60 @@ def _start_up(settings: Settings, report: Report, state: dict[str, Any]) -> None
         f"{each(bare_runs, lambda r: r.all_polled)}). The first start, on an empty store "
         f"(migrations applied): READY {_seconds(fresh.ready or 0.0)}, all polled "
         f"{_seconds(fresh.all_polled)}"
+    )
+
+
+def _conversations(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    fixed = run_conversations(settings, adaptive=False)
+    adaptive = run_conversations(settings, adaptive=True)
+    p99, base = adaptive.percentile(0.99), fixed.percentile(0.99)
+    report.rows.append(
+        Row(
+            "conversations",
+            "conversations: p99 after the first",
+            f"{p99:.2f} s",
+            f"fixed {fixed.interval:.1f}s: {base:.2f} s",
+            f"{p99:.2f} s / <= {CONVERSATION_P99_TARGET} s",
+            p99 <= CONVERSATION_P99_TARGET,
+            {"relay": p99, "bare": base, "ratio": p99 / CONVERSATION_P99_TARGET},
+        )
+    )
+
+    def describe(run: Conversations) -> str:
+        firsts = sorted(run.firsts)
+        worst_first = f"{firsts[-1]:.1f}" if firsts else "-"
+        return (
+            f"{len(run.latencies)} of {run.said} later messages delivered, p50 "
+            f"{run.percentile(0.5):.2f} s, max {run.percentile(1.0):.2f} s; "
+            f"{len(firsts)} firsts, slowest {worst_first} s; "
+            f"{run.request_rate:.1f} API requests/s"
+        )
+
+    report.notes.append(
+        f"conversations: budget {CONVERSATION_BUDGET:g}/s; adaptive (interval "
+        f"{adaptive.interval:g}s, min_interval {CONVERSATION_MIN_INTERVAL:g}s): "
+        f"{describe(adaptive)}. Fixed at {fixed.interval:.1f}s: {describe(fixed)}"
+    )
+
+
+def _provider_limit(settings: Settings, report: Report, state: dict[str, Any]) -> None:
+    run = run_provider_limit(settings)
+    ok = run.rate <= run.limit and run.limited_share < LIMITED_SHARE_TARGET
+    report.rows.append(
+        Row(
+            "provider-limit",
+            "provider limit: settled rate, 429s",
+            f"{run.rate:.1f}/s, {run.limited_share:.1%} 429",
+            f"limit {run.limit:g}/s",
+            f"<= {run.limit:g}/s, < {LIMITED_SHARE_TARGET:.0%}; {run.polled}/{run.numbers} polled",
+            ok and run.polled == run.numbers,
+            {"relay": run.rate, "bare": run.limit, "ratio": run.rate / run.limit},
+        )
+    )
+    report.notes.append(
+        f"provider limit: the simulator answers 429 past {run.limit:g} requests/s per token; "
+        f"{run.numbers} numbers at 5s (asking {run.numbers / 5:g}/s), no poll.budget; "
+        f"measured at the simulator over {run.window:.0f}s once settled: {run.rate:.1f} "
+        f"requests/s, {run.limited_share:.1%} answered 429 ({run.limited_share_all:.1%} "
+        f"over the whole run, start included), {run.polled} of {run.numbers} numbers polled"
     )

@@ -50,10 +50,12 @@ def write_config(
     interval: float,
     backfill: str = "all",
     jitter: float = 0.0,
+    poll: str = "",
 ) -> Path:
     """A relay config polling ``polled`` on the peers' simulator, delivering to their sink.
 
     Without peers, the API and the webhook are unreachable placeholders (for poll-once).
+    ``poll`` adds lines to ``[poll]`` (``min_interval = "1s"``...).
     """
     api_url, token, hook_url, secret = UNREACHABLE
     if peers is not None:
@@ -73,7 +75,7 @@ url = "{store_url}"
 interval = "{interval:g}s"
 jitter = "{jitter:g}s"
 backfill = "{backfill}"
-{entries}
+{poll}{entries}
 [[webhooks]]
 name = "{WEBHOOK_NAME}"
 url = "{hook_url}"

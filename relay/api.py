@@ -14,7 +14,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from contextlib import aclosing
 from datetime import timezone
 from http import HTTPStatus
@@ -24,6 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from relay import __version__, decoding, redact
+from relay.budget import Budget
 from relay.clock import Clock, SystemClock
 from relay.config import ApiConfig
 from relay.errors import (
@@ -77,7 +78,8 @@ _PHONE_LIKE = re.compile(r"\+?\d(?:[ -]?\d){6,}")
 
 
 class AatroxClient:
-    """Talks to the Aatrox API with one pooled, keep-alive HTTP client."""
+    """Talks to the Aatrox API with one pooled, keep-alive HTTP client, every request paced
+    by :attr:`budget` (:mod:`relay.budget`; the poller takes a poll's grant itself)."""
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class AatroxClient:
         user_agent: str = DEFAULT_USER_AGENT,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._config = config
         self._region = config.default_region
@@ -94,6 +97,9 @@ class AatroxClient:
         self._limit = config.max_response_bytes
         self._timeout = config.timeout
         self._clock: Clock = clock or SystemClock()
+        #: Paces every request (none given: no limit but 429s'); on_request counts them.
+        self.budget = budget or Budget(None, self._clock)
+        self.on_request: Callable[[str, str], None] = lambda _endpoint, _outcome: None
         _check_token(config.token)
         self._token = config.token
         self._client = httpx.AsyncClient(
@@ -133,7 +139,9 @@ class AatroxClient:
         """
         label = "GET /sms/receive"
         params = {"to": number} if sender is None else {"to": number, "from": sender}
-        payload = await self._call("GET", "/sms/receive", label, params=params, need_body=True)
+        payload = await self._call(
+            "GET", "/sms/receive", label, "receive", params=params, need_body=True
+        )
         try:
             return parse_listing(
                 payload, number=number, region=self._region, tz=self._tz, known=known
@@ -146,7 +154,7 @@ class AatroxClient:
         """``GET /sms/{id}``: one message, with its text when the API has it."""
         label = f"GET /sms/{_short(message_id)}"
         path = f"/sms/{quote(message_id, safe='')}"
-        payload = await self._call("GET", path, label, need_body=True)
+        payload = await self._call("GET", path, label, "details", need_body=True)
         try:
             message = parse_detail(
                 payload, number=number, region=self._region, tz=self._tz, message_id=message_id
@@ -162,19 +170,19 @@ class AatroxClient:
     async def send(self, sender: str, recipient: str, text: str) -> dict[str, object]:
         """``POST /sms/send``; returns the API's answer (e.g. the new message's id)."""
         body = {"from": sender, "to": recipient, "text": text}
-        return await self._post("/sms/send", body, text)
+        return await self._post("/sms/send", body, text, "send")
 
     async def send_disclaimer(self, sender: str, recipient: str, text: str) -> dict[str, object]:
         """``POST /sms/send/disclaimer``: the API appends the sender's disclaimer."""
         body = {"from": sender, "to": recipient, "text": text}
-        return await self._post("/sms/send/disclaimer", body, text)
+        return await self._post("/sms/send/disclaimer", body, text, "send_disclaimer")
 
     async def send_bulk(
         self, sender: str, recipients: Sequence[str], text: str
     ) -> dict[str, object]:
         """``POST /sms/send/bulk``: one text to several recipients."""
         body = {"from": sender, "to": list(recipients), "text": text}
-        return await self._post("/sms/send/bulk", body, text)
+        return await self._post("/sms/send/bulk", body, text, "send_bulk")
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -193,11 +201,15 @@ class AatroxClient:
 
     # --- internals -------------------------------------------------------
 
-    async def _post(self, path: str, body: Mapping[str, object], text: str) -> dict[str, object]:
+    async def _post(
+        self, path: str, body: Mapping[str, object], text: str, endpoint: str
+    ) -> dict[str, object]:
         """A send: its outcome is :class:`ApiOutcomeUnknown` whenever it may have been
         accepted without the relay being told so, never a retryable error."""
         label = f"POST {path}"
-        payload = await self._call("POST", path, label, json_body=body, secret=text, once=True)
+        payload = await self._call(
+            "POST", path, label, endpoint, json_body=body, secret=text, once=True
+        )
         if payload is None:
             return {}
         if not isinstance(payload, dict):
@@ -210,6 +222,7 @@ class AatroxClient:
         method: str,
         path: str,
         label: str,
+        endpoint: str,
         *,
         params: dict[str, str] | None = None,
         json_body: object = None,
@@ -223,7 +236,13 @@ class AatroxClient:
         after it may have reached the API (see :data:`MAYBE_SENT`), or a 2xx answer that
         cannot be read, raises :class:`ApiOutcomeUnknown`. A failure before anything was
         sent, and an error status, raise as for any other request.
+
+        ``endpoint`` names it for the metrics; all but ``receive`` wait for an urgent grant
+        (not past a 429's pause longer than ``api.timeout``: that raises, nothing sent).
         """
+        if endpoint != "receive" and (paused := await self.budget.urgent(self._timeout)):
+            msg = f"{label}: not sent: a 429 holds every request for another {paused:.0f}s"
+            raise ApiRateLimited(msg, retry_after=paused)
         request = self._client.build_request(method, path, params=params, json=json_body)
         accepted = False  # a 2xx status line arrived
         try:
@@ -235,13 +254,23 @@ class AatroxClient:
             finally:
                 await response.aclose()
         except (httpx.HTTPError, ApiError) as exc:
+            self.on_request(endpoint, "failed")
             if once and (accepted or isinstance(exc, MAYBE_SENT)):
                 raise self._unknown(label, exc) from None
             if isinstance(exc, ApiError):
                 raise
             raise self._transport_error(label, exc) from None
+        if status != 429:
+            self.budget.answered()
         if not ok:
-            raise self._status_error(response, data, label, secret)
+            error = self._status_error(response, data, label, secret)
+            if isinstance(error, ApiRateLimited):
+                self.budget.throttled(error.retry_after)
+                self.on_request(endpoint, "rate_limited")
+            else:
+                self.on_request(endpoint, "server_error" if status >= 500 else "client_error")
+            raise error
+        self.on_request(endpoint, "ok")
         if not data:
             if need_body:
                 msg = f"{label}: {_status_text(response)} with an empty body"

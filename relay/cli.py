@@ -221,7 +221,7 @@ async def _check_online(config: Config) -> list[str]:
 
 # --- the operator's commands (relay.admin) -----------------------------------------
 
-ADMIN_COMMANDS = ("status", "deliveries", "prune", "send", "messages")
+ADMIN_COMMANDS = ("status", "deliveries", "prune", "send", "messages", "optouts")
 
 STATUS_EPILOG = """\
 Exit 0 whenever the store can be read, even with failing numbers or dead
@@ -235,7 +235,7 @@ masked unless log.pii; keys may be added, never renamed or removed:
                 "lease_owner", "lease_expires_at"}],
    "webhooks": [{"name", "configured", "pending", "delivered", "dead",
                  "oldest_pending_at", "last_error", "last_error_at"}],
-   "outbound": {"pending", "sent", "failed", "unknown"}}
+   "outbound": {"pending", "sent", "failed", "unknown", "refused"}}
 A lease is shown only while unexpired; a number never polled has nulls.
 """
 
@@ -248,7 +248,9 @@ Newest first. Message and reply texts are never printed.
                    "provider_id", "queued_at", "next_attempt_at",
                    "last_attempt_at", "delivered_at", "last_status",
                    "last_error",
-                   "reply": null | {"id", "state", "provider_ids": [str]}}]}
+                   "reply": null | {"id", "state", "provider_ids": [str]},
+                   "event", "outbound_id"}]}
+An outbound event (sms.sent, sms.failed) has an empty number and provider_id.
 """
 
 REPLAY_EPILOG = """\
@@ -260,7 +262,8 @@ nothing and exits 2. A running relay picks them up within 5 s.
 
 
 def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """status, deliveries list|replay, prune, send and messages show."""
+    """status, deliveries list|replay, prune, send, optouts list|add|remove and messages
+    show."""
     raw = argparse.RawDescriptionHelpFormatter
     status = sub.add_parser(
         "status",
@@ -306,7 +309,9 @@ def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         description="Send one SMS through the Aatrox API (not through the store's queue) and "
         "print the provider's id(s), one per line. One --to uses /sms/send (or "
         "/sms/send/disclaimer); several use one /sms/send/bulk request, which has no "
-        "disclaimer variant, so --disclaimer takes a single --to. Exit 1 on an API error.",
+        "disclaimer variant, so --disclaimer takes a single --to. Recipients who opted out "
+        "(STOP) of SMS from --from are not sent to. Exit 1 on an API error or a refused "
+        "recipient.",
     )
     _add_config(send)
     send.add_argument("--from", dest="sender", required=True, metavar="NUMBER")
@@ -321,6 +326,18 @@ def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     send.add_argument(
         "--disclaimer", action="store_true", help="append the sender's disclaimer (one --to only)"
     )
+
+    optouts = sub.add_parser("optouts", help="list, add or remove opt-outs (STOP)")
+    optout_actions = optouts.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listed = optout_actions.add_parser("list", help="every opt-out, by number")
+    _add_config(listed)
+    listed.add_argument("--number", metavar="NUMBER", help="only opt-outs from this number")
+    listed.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    for action, summary in (("add", "opt a sender out"), ("remove", "opt a sender in again")):
+        change = optout_actions.add_parser(action, help=f"{summary} of SMS from a number")
+        _add_config(change)
+        change.add_argument("--number", required=True, metavar="NUMBER", help="the relay's number")
+        change.add_argument("--sender", required=True, metavar="NUMBER", help="their number")
 
     messages = sub.add_parser("messages", help="look up a message in the API")
     message_actions = messages.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -354,13 +371,24 @@ def _admin(config: Config, args: argparse.Namespace) -> int:
         )
     elif command == "prune":
         out = admin.prune_report(config)
+    elif command == "optouts" and args.action == "list":
+        out = admin.optouts_report(config, number=args.number, as_json=args.json)
+    elif command == "optouts":
+        add = args.action == "add"
+        out = admin.change_optout(config, number=args.number, sender=args.sender, add=add)
     elif command == "send":
         text = args.text if args.text_file is None else _read_text_file(args.text_file)
-        out = asyncio.run(
+        report = asyncio.run(
             admin.send_report(config, args.sender, args.to, text, disclaimer=args.disclaimer)
         )
-        if not out:
+        if report.ids:
+            print("\n".join(report.ids))
+        elif report.sent:
             print("sent; the provider answered no id", file=sys.stderr)
+        if report.refused:
+            _error(report.refusal())
+            return EXIT_FAILED
+        return EXIT_OK
     else:
         out = asyncio.run(
             admin.message_report(config, args.id, number=args.number, as_json=args.json)

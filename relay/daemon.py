@@ -19,6 +19,7 @@ from typing import IO
 
 from relay import __version__, logs, redact
 from relay.api import AatroxClient
+from relay.budget import Budget
 from relay.clock import Clock, SystemClock
 from relay.config import Config
 from relay.dispatcher import Dispatcher
@@ -26,6 +27,8 @@ from relay.errors import ConfigError, RelayError, StoreError
 from relay.events import Events
 from relay.leases import LeaseKeeper
 from relay.logs import fields
+from relay.optout import Keywords
+from relay.outbound_events import OutboundEvents
 from relay.outbox import Outbox
 from relay.poller import Poller
 from relay.pollstate import PollResult
@@ -170,11 +173,16 @@ class Relay:
         sync = await loop.run_in_executor(
             None, lambda: Store.open(config.store.url, self.clock, lease=config.store.lease)
         )
+        sync.keywords = Keywords.of(config, self.clock)
         self._store = AsyncStore(sync)
         if self._lock is not None:
             # Alone on this store: a killed predecessor's leases and claims need not lapse.
             await self._store.call(sync.reset_ownership)
-        self._api = AatroxClient(config.api, max_connections=config.poll.concurrency + 4)
+        # The budget paces requests in real time (asyncio sleeps), whatever clock tests inject.
+        budget = Budget(config.poll.budget, SystemClock(), share=self._budget_share)
+        self._api = AatroxClient(
+            config.api, max_connections=config.poll.concurrency + 4, budget=budget
+        )
         self._outbox = Outbox(
             self._store,
             self._api,
@@ -182,6 +190,7 @@ class Relay:
             self.jitter,
             events=self.events,
             retry_unknown=config.outbound.retry_unknown,
+            told=OutboundEvents(config.webhooks, config.numbers),
         )
         self._dispatcher = Dispatcher(
             self._store,
@@ -192,6 +201,7 @@ class Relay:
             events=self.events,
             on_reply=self._outbox.wake,
         )
+        self._outbox.on_told = self._dispatcher.wake
         self._poller = Poller(
             config,
             self._api,
@@ -200,8 +210,21 @@ class Relay:
             on_queued=self._dispatcher.wake,
             events=self.events,
         )
-        self._leases = LeaseKeeper(self._store, [n.number for n in config.numbers])
+        self._leases = LeaseKeeper(
+            self._store, [n.number for n in config.numbers], on_gained=self._poller.adopt
+        )
         await self._poller.load()
+
+    def _budget_share(self) -> float:
+        """This relay's part of ``poll.budget``: its part of the numbers. Relays on one store
+        split the numbers evenly by lease, so they split the budget; one that holds none
+        (yet) only sends, and may spend it all on that."""
+        held = len(self._leases.held) if self._leases is not None else 0
+        return held / len(self.config.numbers) if held and self.config.numbers else 1.0
+
+    def poll_intervals(self) -> dict[str, float]:
+        """Each configured number's current poll interval (adaptive polling moves them)."""
+        return self.poller.intervals() if self._poller is not None else {}
 
     def _disclaimer(self, number: str) -> bool:
         return any(n.number == number and n.disclaimer for n in self.config.numbers)
@@ -294,7 +317,10 @@ class Relay:
         redact.register(new)  # new URLs, header values and secrets: never shown either
         logs.setup(new.log.level, new.log.format, pii=new.log.pii)
         self.api.set_token(new.api.token)
+        self.api.budget.limit = new.poll.budget
         self.outbox.retry_unknown = new.outbound.retry_unknown
+        self.outbox.told = OutboundEvents(new.webhooks, new.numbers)
+        self.store.sync.keywords = Keywords.of(new, self.clock)
         self.poller.update(new)
         await self.poller.load()
         self.leases.set_numbers([n.number for n in new.numbers])
@@ -346,6 +372,7 @@ class Relay:
         if self._dispatcher is not None:
             await self._dispatcher.aclose()
         if self._api is not None:
+            await self._api.budget.close()
             await self._api.aclose()
         if self._store is not None:
             self._store.close()

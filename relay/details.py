@@ -3,8 +3,10 @@
 New messages that will be delivered but lack a sender or a text (a listing of
 "message IDs with timestamps") are completed from ``GET /sms/{id}`` before the poller
 records them. A message whose details cannot be had now stays unrecorded and is tried
-again on later polls (backing off per message); one still incomplete
-:data:`DETAILS_GIVE_UP` after the provider received it is reported once.
+again on later polls (backing off per message), by its id, also once it has left the
+listing (the listing moving past it loses nothing); one still incomplete
+:data:`DETAILS_GIVE_UP` after the provider received it is reported once, and forgotten
+once it is no longer listed either.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ DETAILS_TIMEOUTS = 2
 #: failure up to :data:`DETAILS_RETRY_MAX` seconds.
 DETAILS_EAGER_RETRIES = 3
 DETAILS_RETRY_MAX = 300.0
-#: A listed message still incomplete this long after the provider received it is
-#: reported once (log, metric, ``status``); it is still tried while it is listed.
+#: A message still incomplete this long after the provider received it is reported once
+#: (log, metric, ``status``); it is still tried while it is listed.
 DETAILS_GIVE_UP = 3600.0
 
 
@@ -102,8 +104,8 @@ class Details:
                 task.cancel()
         deferred = 0
         for message, task in zip(due, tasks, strict=True):
-            state.incomplete.setdefault(message.id, Incomplete(message.received_at))
             if task not in done or task.cancelled():
+                _entry(state, message)
                 deferred += 1  # the poll's time ran out first: due again next poll
                 continue
             crash = task.exception()
@@ -112,12 +114,15 @@ class Details:
                 self.events.unexpected(crash)
             result = task.result() if crash is None else None
             if result is not None:
-                state.incomplete.pop(message.id, None)
+                if state.incomplete.pop(message.id, None) is not None:
+                    state.changed = True  # no longer awaited: the saved list shrinks
                 completed.append(result)
             else:
                 self._details_failed(state, message)
+        done_ids = {m.id for m in completed}
         for message in wanted:  # not due yet: still waiting
-            state.incomplete.setdefault(message.id, Incomplete(message.received_at))
+            if message.id not in done_ids:
+                _entry(state, message)
         self._report_unresolved(state)
         if deferred:
             log.warning(
@@ -127,7 +132,7 @@ class Details:
         return completed
 
     def _details_failed(self, state: NumberState, message: InboundMessage) -> None:
-        entry = state.incomplete.setdefault(message.id, Incomplete(message.received_at))
+        entry = _entry(state, message)
         entry.failures += 1
         backoffs = entry.failures - DETAILS_EAGER_RETRIES
         if backoffs > 0:
@@ -141,21 +146,33 @@ class Details:
         late = [e for e in state.incomplete.values() if not e.reported and e.received_at < cutoff]
         self._reported(state, late, "details could not be had")
 
+    def unlisted(self, state: NumberState, fresh: Sequence[InboundMessage]) -> list[InboundMessage]:
+        """The incomplete messages that have left the listing (not in ``fresh``) and are
+        still wanted: their details are fetched by id as for listed ones."""
+        if not state.incomplete:
+            return []
+        listed = {m.id for m in fresh}
+        return [
+            entry.message
+            for message_id, entry in state.incomplete.items()
+            if message_id not in listed
+            and message_id not in state.seen
+            and entry.message is not None
+            and not entry.reported
+        ]
+
     def forget_unlisted(self, state: NumberState, fresh: Sequence[InboundMessage]) -> None:
         """Stop waiting for details of messages that are no longer new: recorded after all
-        (by another relay), or no longer listed, which loses them: those are reported,
-        unless they were already."""
+        (by this relay or another), or unlisted and already reported unresolved. One that
+        merely left the listing is kept: its details are still asked for by id."""
         if not state.incomplete:
             return
-        still = {m.id for m in fresh}
-        gone = [message_id for message_id in state.incomplete if message_id not in still]
-        lost = [
-            entry
-            for message_id in gone
-            if not (entry := state.incomplete.pop(message_id)).reported
-            and message_id not in state.seen
-        ]
-        self._reported(state, lost, "no longer listed")
+        listed = {m.id for m in fresh}
+        for message_id in [i for i in state.incomplete if i not in listed]:
+            entry = state.incomplete[message_id]
+            if message_id in state.seen or entry.reported or entry.message is None:
+                del state.incomplete[message_id]
+                state.changed = True
 
     def _reported(self, state: NumberState, entries: Sequence[Incomplete], reason: str) -> None:
         if not entries:
@@ -169,6 +186,17 @@ class Details:
             extra=fields(number=shown(state.config.number), messages=len(entries), reason=reason),
         )
         self.events.messages_unresolved(state.config.number, len(entries))
+
+
+def _entry(state: NumberState, message: InboundMessage) -> Incomplete:
+    """The number's :class:`Incomplete` entry for ``message``, made if it has none: then
+    the number's state is written right after the poll (``numbers.awaiting_details``),
+    so a restart does not forget a message the listing may move past."""
+    entry = state.incomplete.get(message.id)
+    if entry is None:
+        entry = state.incomplete[message.id] = Incomplete(message.received_at, message=message)
+        state.changed = state.urgent = True
+    return entry
 
 
 def _describe(exc: BaseException) -> str:

@@ -20,12 +20,11 @@ from datetime import datetime
 
 from relay.circuit import Circuit, is_failure
 from relay.clock import Clock
-from relay.config import WebhookConfig
-from relay.errors import InvalidNumber, StoreError
+from relay.config import SMS_RECEIVED, WebhookConfig
+from relay.errors import StoreError
 from relay.events import Events
 from relay.logs import fields
-from relay.outbox import reply_text
-from relay.phone import valid_number
+from relay.phone import repliable
 from relay.ratelimit import TokenBucket
 from relay.retry import Backoff, Jitter
 from relay.store import DEAD, DELIVERED, PENDING, AsyncStore, DueDelivery, Outcome, Reply
@@ -33,10 +32,6 @@ from relay.webhook import Answer, Webhook
 from relay.worker import Worker, internal_error
 
 log = logging.getLogger("relay.dispatcher")
-
-#: Inbound senders are stored in E.164 (or as given, when they are no phone number),
-#: so the region only matters for what is not E.164: those are refused anyway.
-REPLY_REGION = "AU"
 
 
 class _OutcomeWriter:
@@ -193,7 +188,7 @@ class Lane(Worker[DueDelivery]):
         self._log(delivery, outcome)
         if self.in_order:
             self.wake()  # the sender's next message may be claimed now
-        if outcome.reply is not None:
+        if outcome.replies:
             self.on_reply()
 
     def _outcome(self, delivery: DueDelivery, answer: Answer) -> Outcome:
@@ -204,7 +199,7 @@ class Lane(Worker[DueDelivery]):
                 now,
                 DELIVERED,
                 status=answer.status,
-                reply=self._reply(delivery, answer),
+                replies=self._replies(delivery, answer),
             )
         attempt = delivery.attempts + 1
         nxt = None
@@ -220,14 +215,17 @@ class Lane(Worker[DueDelivery]):
             return Outcome(delivery.id, now, DEAD, None, answer.status, answer.error)
         return Outcome(delivery.id, now, PENDING, nxt, answer.status, answer.error)
 
-    def _reply(self, delivery: DueDelivery, answer: Answer) -> Reply | None:
-        """The reply a 2xx answer asks for, if any; a malformed or unreadable one is logged
-        and ignored: the webhook accepted the message all the same."""
+    def _replies(self, delivery: DueDelivery, answer: Answer) -> tuple[Reply, ...]:
+        """The replies a 2xx answer asks for, if any; a malformed or unreadable answer is
+        logged and ignored (none of its replies is sent): the webhook accepted the message
+        all the same."""
+        if delivery.event != SMS_RECEIVED:
+            return ()  # only an inbound message can be answered
         try:
             if answer.body_error is not None:
                 raise ValueError(answer.body_error)
-            text = reply_text(answer.body)
-            if text is not None and not _repliable(delivery.sender):
+            texts = self.webhook.reply_texts(answer, delivery.webhook_id)
+            if texts and not repliable(delivery.sender):
                 msg = "the sender is not a valid phone number (a sender id or short code?)"
                 raise ValueError(msg)
         except ValueError as exc:
@@ -237,10 +235,9 @@ class Lane(Worker[DueDelivery]):
                     webhook=self.config.name, webhook_id=delivery.webhook_id, reason=str(exc)
                 ),
             )
-            return None
-        if text is None:
-            return None
-        return Reply(delivery.number, delivery.sender, text, self.disclaimer(delivery.number))
+            return ()
+        disclaimer = self.disclaimer(delivery.number)
+        return tuple(Reply(delivery.number, delivery.sender, text, disclaimer) for text in texts)
 
     def _log(self, delivery: DueDelivery, outcome: Outcome) -> None:
         base = {
@@ -248,14 +245,19 @@ class Lane(Worker[DueDelivery]):
             "webhook_id": delivery.webhook_id,
             "attempt": delivery.attempts + 1,
         }
+        outbound_event = delivery.event != SMS_RECEIVED
+        if outbound_event:
+            base["event"] = delivery.event
         if outcome.state == DELIVERED:
             latency = (outcome.attempted_at - delivery.received_at).total_seconds()
             log.info(
                 "relay.delivery.delivered",
                 extra=fields(**base, status=outcome.status, latency=f"{latency:.3f}s"),
             )
-            # A replay's wait since the provider received it says nothing of delivery speed.
-            self.events.delivered(self.config.name, None if delivery.replayed else latency)
+            # A replay's wait since the provider received it says nothing of delivery speed;
+            # an outbound event's is not a message's.
+            timed = not (delivery.replayed or outbound_event)
+            self.events.delivered(self.config.name, latency if timed else None)
             return
         self.events.delivery_failed(
             self.config.name, outcome.error or "", dead=outcome.state == DEAD
@@ -270,16 +272,6 @@ class Lane(Worker[DueDelivery]):
                     **base, error=outcome.error, next_attempt_at=outcome.next_attempt_at.isoformat()
                 ),
             )
-
-
-def _repliable(sender: str) -> bool:
-    """Whether an SMS can go back to ``sender``: a valid phone number, not a sender id,
-    a short code or a number the provider wrote with a digit too many."""
-    try:
-        valid_number(sender, REPLY_REGION)
-    except InvalidNumber:
-        return False
-    return True
 
 
 class Dispatcher:

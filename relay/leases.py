@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from relay.errors import RelayError
 from relay.logs import fields
@@ -34,9 +34,16 @@ log = logging.getLogger("relay.leases")
 class LeaseKeeper:
     """Runs lease rounds in the background and answers which numbers this relay polls."""
 
-    def __init__(self, store: AsyncStore, numbers: Sequence[str]) -> None:
+    def __init__(
+        self,
+        store: AsyncStore,
+        numbers: Sequence[str],
+        on_gained: Callable[[Collection[str]], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.numbers = list(numbers)
+        #: Called with the numbers a round gained, before they are polled here.
+        self.on_gained = on_gained
         self.held: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
@@ -54,6 +61,8 @@ class LeaseKeeper:
                 "relay.leases.changed",
                 extra=fields(held=len(held), gained=len(gained), lost=len(lost)),
             )
+        if gained and self.on_gained is not None:
+            await self.on_gained(gained)
         self.held = held
 
     def start(self) -> None:

@@ -43,8 +43,10 @@ SENT = "sent"
 FAILED = "failed"
 #: The send went out and no answer came: the SMS may or may not have been sent.
 UNKNOWN = "unknown"
+#: Not sent: every recipient had opted out (STOP) of SMS from its sender.
+REFUSED = "refused"
 #: What sending an SMS (a reply, ``POST /v1/send``) may come to.
-OUTBOUND_OUTCOMES = (SENT, FAILED, UNKNOWN)
+OUTBOUND_OUTCOMES = (SENT, FAILED, UNKNOWN, REFUSED)
 #: The poll outcome for a successful poll; failures use a short error kind
 #: ("unauthorized", "rate_limited", "timeout", "error"...): keep the set small and fixed.
 POLL_OK = "ok"
@@ -185,10 +187,17 @@ class Metrics:
             namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
         self._interval = Gauge(
-            "poll_interval_seconds", "The number's poll interval from the config.",
+            "poll_interval_seconds",
+            "The number's current poll interval (its configured one, unless adaptive polling "
+            "moved it).",
             ["number"], namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
         self._interval_labels: set[str] = set()
+        self._interval_source: Callable[[], Mapping[str, float]] | None = None
+        self._api_requests = Counter(
+            "api_requests", "Requests to the Aatrox API, by endpoint and outcome.",
+            ["endpoint", "outcome"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
         self._circuit = Gauge(
             "webhook_circuit_open",
             "1 while the webhook's circuit is open (one probe per circuit_probe), by webhook.",
@@ -201,11 +210,18 @@ class Metrics:
         )  # fmt: skip
         self._outbound = Counter(
             "outbound_sms",
-            "SMS sent through the Aatrox API (replies), by outcome (sent, failed, unknown).",
+            "SMS sent through the Aatrox API (replies), by outcome (sent, failed, unknown, "
+            "refused: the recipient opted out).",
             ["outcome"], namespace=NAMESPACE, registry=reg,
         )  # fmt: skip
         for outcome in OUTBOUND_OUTCOMES:
             self._outbound.labels(outcome)
+        self._optouts = Gauge(
+            "optouts",
+            "Senders opted out (STOP) of SMS from the number, as the store holds them.",
+            ["number"], namespace=NAMESPACE, registry=reg,
+        )  # fmt: skip
+        self._optout_labels: set[str] = set()
         self._number = _NumberLabels()
         self._poll_age = _PollAgeCollector(clock, self._number)
         reg.register(self._poll_age)
@@ -275,6 +291,25 @@ class Metrics:
         self._interval_labels = set(shown)
         self._poll_age.keep(intervals)
 
+    def optouts(self, numbers: Iterable[str], counts: Mapping[str, int]) -> None:
+        """Opt-outs from each configured number (0 when none); others' series go."""
+        shown = {self._number(n): counts.get(n, 0) for n in numbers}
+        for label in self._optout_labels - set(shown):
+            self._optouts.remove(label)
+        for label, count in shown.items():
+            self._optouts.labels(label).set(count)
+        self._optout_labels = set(shown)
+
+    def follow_intervals(self, source: Callable[[], Mapping[str, float]]) -> None:
+        """Read each number's current interval from ``source`` at every scrape, in place of
+        the configured ones (:meth:`configured`): adaptive polling moves them."""
+        self._interval_source = source
+
+    def api_request(self, endpoint: str, outcome: str) -> None:
+        """One request to the API's ``endpoint`` (receive, details, send...) ended with
+        ``outcome`` (ok, rate_limited, client_error, server_error, failed)."""
+        self._api_requests.labels(endpoint, outcome).inc()
+
     def circuit(self, webhook: str, is_open: bool) -> None:
         """``webhook``'s circuit opened or closed."""
         self._webhook(webhook)
@@ -293,5 +328,7 @@ class Metrics:
         """The exposition and its content type: Prometheus text, or OpenMetrics if ``accept``
         asks for it.
         """
+        if self._interval_source is not None:
+            self.configured(self._interval_source())
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type

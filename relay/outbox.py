@@ -22,8 +22,10 @@ again on restart: the one window where an SMS can repeat by default.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,8 +36,19 @@ from relay.errors import ApiBadRequest, ApiError, ApiOutcomeUnknown, ApiRateLimi
 from relay.events import Events
 from relay.logs import fields
 from relay.logs import number as shown
+from relay.optout import CONFIRMATION_KIND
+from relay.outbound_events import OutboundEvents
 from relay.retry import Backoff, Jitter
-from relay.store import FAILED, PENDING, SENT, UNKNOWN, AsyncStore, OutboundSms, SendOutcome
+from relay.store import (
+    FAILED,
+    PENDING,
+    REFUSED,
+    SENT,
+    UNKNOWN,
+    AsyncStore,
+    OutboundSms,
+    SendOutcome,
+)
 from relay.worker import Worker, internal_error
 
 log = logging.getLogger("relay.outbox")
@@ -49,6 +62,8 @@ GIVE_UP_AFTER = 86400.0
 OUTBOX_CONCURRENCY = 4
 #: The outcome of an attempt that is rescheduled (not a state: the row stays pending).
 RETRY = "retry"
+#: Stored for an SMS none of whose recipients may be sent it.
+OPTED_OUT = "refused: the recipient opted out (STOP) of SMS from this number"
 #: Stored for an SMS whose claim was handed back without a recorded outcome.
 LOST_TRACK = "the relay lost track of this send (see its log); the API may have accepted it"
 
@@ -161,8 +176,13 @@ class Outbox(Worker[OutboundSms]):
         concurrency: int = OUTBOX_CONCURRENCY,
         events: Events | None = None,
         retry_unknown: bool = DEFAULT_RETRY_UNKNOWN,
+        told: OutboundEvents | None = None,
     ) -> None:
         super().__init__(clock, concurrency, store, "outbound", events)
+        #: Who is told of each outcome (``sms.sent``, ``sms.failed``); replaced on reload.
+        self.told = told or OutboundEvents((), ())
+        #: Called when an outcome queued events (the dispatcher's wake).
+        self.on_told: Callable[[], None] = lambda: None
         self.api = api
         self.backoff = Backoff(RETRY_INITIAL, RETRY_MAX, GIVE_UP_AFTER)
         #: ``[outbound] retry_unknown``: send again when an attempt's outcome is unknown.
@@ -180,8 +200,19 @@ class Outbox(Worker[OutboundSms]):
         return await self.store.call(self.store.sync.next_outbound_due)
 
     async def process(self, item: OutboundSms) -> None:
-        """Send one SMS and record the result."""
+        """Send one SMS and record the result; not to recipients who opted out of SMS
+        from its sender (refused when that is all of them), bar a STOP's confirmation."""
         started = self.clock.now()
+        if item.kind != CONFIRMATION_KIND:
+            refused = await self.store.call(self.store.sync.opted_out, item.sender, item.recipients)
+            if refused:
+                kept = tuple(r for r in item.recipients if r not in refused)
+                if not kept:
+                    attempt = Attempt(REFUSED, SendOutcome(REFUSED, None, OPTED_OUT))
+                    self._decided[item.id] = (started, attempt)
+                    await self._record(item, started, attempt)
+                    return
+                item = dataclasses.replace(item, recipients=kept)
         try:
             sent = await send_now(self.api, item)
         except ApiError as exc:
@@ -247,8 +278,12 @@ class Outbox(Worker[OutboundSms]):
         )
 
     async def _record(self, item: OutboundSms, started: datetime, attempt: Attempt) -> None:
-        """Write ``attempt`` back (releasing the claim), then log and count it."""
-        await self.store.call(self.store.sync.record_send, item.id, started, attempt.written)
+        """Write ``attempt`` back (releasing the claim) with the events it causes, then log
+        and count it."""
+        told = self.told.queued(item, attempt.written, self.clock.now())
+        await self.store.call(self.store.sync.record_send, item.id, started, attempt.written, told)
+        if told:
+            self.on_told()
         event = {
             "id": item.id,
             "kind": item.kind,
@@ -274,6 +309,9 @@ class Outbox(Worker[OutboundSms]):
         elif attempt.outcome == FAILED:
             log.error("relay.outbox.failed", extra=fields(**event, error=written.last_error))
             self.events.outbound(FAILED)
+        elif attempt.outcome == REFUSED:
+            log.warning("relay.outbox.refused", extra=fields(**event))
+            self.events.outbound(REFUSED)
         else:
             log.warning(
                 "relay.outbox.retry_scheduled",

@@ -129,3 +129,16 @@ def mask(number: str) -> str:
 def is_region(region: str) -> bool:
     """Whether ``region`` is a region code phonenumbers knows (``AU``, ``NZ``...)."""
     return region in phonenumbers.SUPPORTED_REGIONS
+
+
+def repliable(sender: str) -> bool:
+    """Whether an SMS can go back to ``sender``, an inbound message's sender: a phone
+    number valid for its country, not a sender id (``Telstra``), a short code or a
+    number the provider wrote with a digit too many. Inbound senders are stored in
+    E.164 (or as given, when they are no phone number), so the region only matters for
+    what is not E.164: those are refused anyway."""
+    try:
+        valid_number(sender, "AU")
+    except InvalidNumber:
+        return False
+    return True

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 
+from relay.adaptive import Pace, cadence
 from relay.api import AatroxClient
 from relay.clock import Clock, within
-from relay.config import Config
+from relay.config import Config, NumberConfig
 from relay.details import DETAILS_TIMEOUTS, Details
 from relay.errors import (
     ApiRateLimited,
@@ -69,6 +70,9 @@ STALE_TOKEN_SOURCES = {
 }
 #: Distinct skip reasons remembered per number, so each is logged once.
 SKIP_REASONS_MAX = 1000
+#: A poll waits for the API budget's grant at most this share of its number's interval;
+#: then it lets the tick pass (the next one comes, later for it, so it goes first).
+BUDGET_WAIT_SHARE = 0.9
 
 
 class Poller:
@@ -89,7 +93,7 @@ class Poller:
         self.clock = clock
         self.on_queued = on_queued
         self.events = events or Events()
-        self.states = {n.number: NumberState(n) for n in config.numbers}
+        self.states = {n.number: self._new_state(n) for n in config.numbers}
         self.details = Details(api, clock, self.events)
         self._slots = asyncio.Semaphore(config.poll.concurrency)
         #: relay.token.unchanged was logged since the token last changed.
@@ -98,12 +102,23 @@ class Poller:
     def update(self, config: Config) -> None:
         """Apply a reloaded config: numbers come and go; a kept number keeps its memory."""
         states = {}
+        self.config = config
         for number in config.numbers:
-            state = self.states.get(number.number) or NumberState(number)
+            state = self.states.get(number.number) or self._new_state(number)
             state.config = number
+            if state.pace is not None:
+                state.pace.retune(number.interval, cadence(config.poll, number))
             states[number.number] = state
         self.states = states
-        self.config = config
+
+    def _new_state(self, number: NumberConfig) -> NumberState:
+        """A number's state, paced by its traffic under adaptive polling."""
+        rule = cadence(self.config.poll, number)
+        return NumberState(number, pace=Pace(number.interval, rule, self.clock))
+
+    def intervals(self) -> dict[str, float]:
+        """Each number's current interval (``aatrox_relay_poll_interval_seconds``)."""
+        return {number: state.interval for number, state in self.states.items()}
 
     async def load(self) -> None:
         """Learn what the store knows of each number (first poll, when configured, last
@@ -113,6 +128,23 @@ class Poller:
             record = records.get(number)
             if record is not None:
                 state.load(record)
+
+    async def adopt(self, numbers: Collection[str]) -> None:
+        """Numbers this relay now holds the leases of: learn what the store knows of them
+        since, chiefly the messages another relay left waiting for their details. A store
+        error is logged; the polls go on with what this relay knew."""
+        wanted = [number for number in numbers if number in self.states]
+        if not wanted:
+            return
+        try:
+            records = await self.store.call(self.store.sync.load_numbers, wanted)
+        except RelayError as exc:
+            log.error("relay.poll.store_error", extra=fields(error=str(exc)))
+            return
+        for number in wanted:
+            record = records.get(number)
+            if record is not None:
+                self.states[number].load(record)
 
     def take_changed_states(self) -> list[SavedPollState]:
         """Poll states changed since the last call, as :meth:`Store.save_poll_states` wants."""
@@ -141,6 +173,11 @@ class Poller:
     async def _poll_bounded(self, number: str) -> PollResult:
         """One poll of ``number``, bounded in time and in polls in flight."""
         state = self.states[number]
+        interval = state.interval
+        granted = await self.api.budget.poll(state.began, interval, interval * BUDGET_WAIT_SHARE)
+        if not granted or number not in self.states:
+            log.debug("relay.poll.deferred", extra=fields(number=shown(number)))
+            return PollResult(number, deferred=True)
         budget = self._budget()
         try:
             if self._slots.locked():
@@ -150,6 +187,11 @@ class Poller:
         except asyncio.TimeoutError:
             log.warning("relay.poll.starved", extra=fields(number=shown(number)))
             return PollResult(number, error="no free poll slot within the interval")
+        if self.api.budget.paused_for():  # a 429 since the grant voids it
+            self._slots.release()
+            return PollResult(number, deferred=True)
+        # On the budget's clock, which reads how late the next poll is.
+        previous, state.began = state.began, self.api.budget.clock.monotonic()
         try:
             deadline = self.clock.monotonic() + self.config.api.timeout * (1 + DETAILS_TIMEOUTS)
             result = await within(budget, self._poll(state, deadline))
@@ -159,7 +201,8 @@ class Poller:
             self._reread_token()
             result = await self._failed(state, str(exc), unauthorized=True)
         except ApiRateLimited as exc:
-            result = await self._failed(state, str(exc), retry_after=exc.retry_after)
+            state.began = previous  # not served: it keeps its place in the budget's queue
+            result = self._rate_limited(state, str(exc))
         except StoreError as exc:
             self.events.store_failed(str(exc))
             result = await self._failed(state, str(exc))
@@ -189,6 +232,15 @@ class Poller:
                 extra=fields(source=source.describe(), hint=STALE_TOKEN_SOURCES[source.kind]),
             )
 
+    def _rate_limited(self, state: NumberState, error: str) -> PollResult:
+        """A 429 is the account's limit, not this number's failure: the API budget paused
+        and slowed every request (:mod:`relay.budget`); the number keeps its place."""
+        state.last_error = error
+        state.changed = True
+        log.debug("relay.poll.rate_limited", extra=fields(number=shown(state.config.number)))
+        self.events.poll_failed(state.config.number, error)
+        return PollResult(state.config.number, error=error)
+
     def _budget(self) -> float:
         """The most one poll may take: a listing, details, and the store."""
         return self.config.api.timeout * 3 + self.store.timeout
@@ -208,23 +260,26 @@ class Poller:
         for message in fresh:
             # Backfill is recorded as it is: nothing is fetched for what is not delivered.
             (wanted if targets(message) and not message.complete else ready).append(message)
+        # Those whose details were wanted before the listing moved past them: by id.
+        wanted += self.details.unlisted(state, fresh)
         completed = await self.details.complete(state, wanted, deadline)
         self.details.forget_unlisted(state, fresh)
         new = ready + completed
         left = len(wanted) - len(completed)
         if not new and state.baselined:
             # The common case: nothing new. No write, so idle polls stay cheap.
-            self._succeeded(state, 0)
+            self._succeeded(state, 0, found=left > 0)
             await self._save_if_urgent(state)
             return PollResult(
                 cfg.number, listing.listed, skipped=len(listing.skipped), gap=gap, incomplete=left
             )
         recorded = await self.store.call(self.store.sync.record, cfg.number, new, targets)
+        found = state.baselined and (recorded.messages > 0 or left > 0)  # not backfill
         state.baselined = True
         state.remember([m.id for m in new], self._cache_limit(listing.listed))
         if recorded.deliveries:
             self.on_queued()
-        self._succeeded(state, recorded.messages)
+        self._succeeded(state, recorded.messages, found=found)
         await self._save_if_urgent(state)
         if recorded.messages:
             log.info(
@@ -339,7 +394,10 @@ class Poller:
     def _cache_limit(self, listed: int) -> int:
         return max(SEEN_CACHE_MIN, 2 * listed)
 
-    def _succeeded(self, state: NumberState, new: int) -> None:
+    def _succeeded(self, state: NumberState, new: int, *, found: bool) -> None:
+        """A poll went through; ``found``: it found new traffic (the pace quickens)."""
+        if state.pace is not None:
+            state.pace.observe(found)
         if state.failures:
             log.info(
                 "relay.poll.recovered",
@@ -358,7 +416,6 @@ class Poller:
         state: NumberState,
         error: str,
         *,
-        retry_after: float | None = None,
         unauthorized: bool = False,
     ) -> PollResult:
         """Back off: the number is skipped until its delay has passed."""
@@ -366,8 +423,6 @@ class Poller:
         state.last_error = error
         state.changed = True
         delay = poll_delay(state.config.interval, state.failures)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
         # Polls run on the number's interval ticks; resuming half an interval early lets
         # the tick that falls due at ``delay`` (give or take jitter) run rather than skip.
         state.resume_at = self.clock.monotonic() + delay - state.config.interval / 2

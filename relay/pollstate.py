@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from relay.adaptive import Pace
 from relay.config import NumberConfig
+from relay.inbound import InboundMessage
 from relay.store import NumberRecord, SavedPollState
 
 
@@ -20,6 +22,8 @@ class Incomplete:
     retry_at: float = 0.0
     #: Reported as unresolved (once).
     reported: bool = False
+    #: The message as listed, to fetch its details by id once it has left the listing.
+    message: InboundMessage | None = None
 
 
 @dataclass
@@ -55,6 +59,15 @@ class NumberState:
     #: message), not only at the service's next periodic save.
     urgent: bool = False
     seen: dict[str, None] = field(default_factory=dict)
+    #: Its current interval, moved by its traffic (:mod:`relay.adaptive`); None: fixed.
+    pace: Pace | None = None
+    #: When the last poll began (0.0: never), on the API budget's monotonic clock.
+    began: float = 0.0
+
+    @property
+    def interval(self) -> float:
+        """The interval the number is polled at now."""
+        return self.config.interval if self.pace is None else self.pace.current
 
     def load(self, record: NumberRecord) -> None:
         """Take what the store knows; a state already in use keeps its fresher memory."""
@@ -65,6 +78,9 @@ class NumberState:
             self.gap_since = record.gap_since
             self.gaps = record.gaps
         self.longest = max(self.longest, record.longest_listing)
+        for message in record.awaiting:  # waiting for details when the relay last stopped
+            if message.id not in self.incomplete and message.id not in self.seen:
+                self.incomplete[message.id] = Incomplete(message.received_at, message=message)
 
     def row(self) -> SavedPollState:
         """This state as :meth:`Store.save_poll_states` wants it."""
@@ -78,6 +94,11 @@ class NumberState:
             gap_since=self.gap_since,
             gaps=self.gaps,
             unresolved=self.unresolved,
+            awaiting=tuple(
+                entry.message
+                for entry in self.incomplete.values()
+                if entry.message is not None and not entry.reported
+            ),
         )
 
     def remember(self, ids: Sequence[str], limit: int) -> None:
@@ -106,3 +127,5 @@ class PollResult:
     gap: bool = False
     #: New messages left unrecorded for now (their details could not be had).
     incomplete: int = 0
+    #: Not polled: the API budget had no grant for it within its interval.
+    deferred: bool = False

@@ -1,11 +1,12 @@
 """What never leaves the process: secrets and configured URLs, in logs and in Sentry events.
 
 :func:`register` takes a config (at start and after every reload): the API token,
-webhook secrets, webhook header values, the send token, a password in ``store.url``,
-and the path, query and credentials of the API's and every webhook's URL become
-secrets, and each of those URLs gets a label. :func:`text` then shows a request's URL
-as its label (``webhook:crm``, ``api:/api/v2/sms/receive``), any other URL as its origin
-alone (``https://host/[Filtered]``), and every secret as ``[Filtered]``.
+webhook secrets and Twilio auth tokens, webhook header values, the send token, a password
+in ``store.url``, and the path, query and credentials of the API's and every webhook's URL
+(a Slack webhook's URL is its key) become secrets, and each of those URLs gets a label.
+:func:`text` then shows a request's URL as its label (``webhook:crm``,
+``api:/api/v2/sms/receive``), any other URL as its origin alone
+(``https://host/[Filtered]``), and every secret as ``[Filtered]``.
 :func:`numbers` masks phone numbers in text the relay did not write (httpx's logs).
 """
 
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 import httpx
 
+from relay.config import FORMAT_SLACK
 from relay.phone import mask
 
 if TYPE_CHECKING:
@@ -107,6 +109,10 @@ def register(config: Config) -> None:
     for hook in config.webhooks:
         for key in hook.secrets:
             secrets.extend(_secret_forms(key))
+        if hook.twilio_auth_token:
+            secrets.append(hook.twilio_auth_token)
+        if hook.format == FORMAT_SLACK:  # .../services/T.../B.../<key>: the key alone too
+            secrets.append(urlsplit(hook.url).path.rstrip("/").rpartition("/")[2])
         secrets.extend(value.strip() for _name, value in hook.headers)
         label = f"{WEBHOOK_LABEL}{hook.name}"
         _add_url(hook.url, label, below=False, secrets=secrets, targets=targets)

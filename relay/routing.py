@@ -1,12 +1,12 @@
-"""Which webhooks an inbound message is queued for: its number's webhooks, less those
-whose ``[webhooks.match]`` it fails. Decided when the message is recorded, in the same
-transaction that records it."""
+"""Which webhooks an inbound message is queued for: its number's webhooks that take
+``sms.received`` (their ``events``), less those whose ``[webhooks.match]`` it fails.
+Decided when the message is recorded, in the same transaction that records it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from relay.config import MatchConfig, WebhookConfig
+from relay.config import SMS_RECEIVED, MatchConfig, WebhookConfig
 from relay.inbound import InboundMessage
 
 #: Which webhooks (by name) a message goes to.
@@ -24,7 +24,7 @@ def matches(match: MatchConfig, message: InboundMessage) -> bool:
 
 def router(names: Sequence[str], webhooks: Mapping[str, WebhookConfig]) -> Router:
     """The webhooks among ``names`` that each message goes to."""
-    every = tuple(names)
+    every = tuple(name for name in names if SMS_RECEIVED in webhooks[name].events)
     filters = [(name, webhooks[name].match) for name in every]
     if all(match is None for _name, match in filters):
         return lambda _m: every

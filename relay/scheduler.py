@@ -11,6 +11,11 @@ first (never polled successfully, then the oldest last success), so a relay
 that keeps being restarted still polls every number. After its first poll each
 number settles into its own slot of the interval, the slots spread evenly
 across it, so that a thousand numbers do not fire in the same second.
+
+Under adaptive polling (``poll.min_interval``, :mod:`relay.adaptive`) a number's
+interval moves with its traffic: when a poll changes it, the job is rescheduled on the
+new interval from that poll on. Every poll first waits for the API budget's grant
+(:mod:`relay.budget`, in the poller).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -116,6 +122,8 @@ class Scheduler:
         self.holds = holds
         self._aps: AsyncIOScheduler | None = None
         self._running: set[asyncio.Task[object]] = set()
+        #: The interval each number's job fires on now.
+        self._intervals: dict[str, float] = {}
 
     @property
     def running(self) -> bool:
@@ -139,11 +147,14 @@ class Scheduler:
         }
         # APScheduler fires on the wall clock: plan on it, not on self.clock.
         now = datetime.now(timezone.utc)
+        current = {n.number: state.interval if (state := states.get(n.number)) else n.interval
+                   for n in numbers}  # fmt: skip
         for slot in plan(numbers, last_success, now, self.jitter):
             number = slot.number
+            self._intervals[number.number] = current[number.number]
             trigger = SlotTrigger(
-                seconds=number.interval,
-                jitter=slot.jitter or None,
+                seconds=current[number.number],
+                jitter=capped_jitter(current[number.number], self.jitter) or None,
                 start_date=slot.phase,
                 timezone=timezone.utc,
             )
@@ -171,7 +182,10 @@ class Scheduler:
         new = {n.number: n for n in numbers}
         for number in old.keys() - new.keys():
             self._aps.remove_job(number)
+            self._intervals.pop(number, None)
         self._add([n for n in numbers if old.get(n.number) != n])
+        for number in new.keys() & old.keys():
+            self._repace(number)  # a reload may move a kept number's pace
 
     async def _job(self, number: str) -> None:
         if not self.holds(number) or not self.poller.due(number):
@@ -181,6 +195,7 @@ class Scheduler:
             self._running.add(task)
         try:
             await self.poller.poll(number)
+            self._repace(number)
         except Exception as exc:  # a bug: report it, keep the job scheduled
             log.error(
                 "relay.poll.crashed",
@@ -191,6 +206,28 @@ class Scheduler:
         finally:
             if task is not None:
                 self._running.discard(task)
+
+    def _repace(self, number: str) -> None:
+        """Reschedule ``number``'s job when its interval moved: the next poll comes one
+        new interval from now."""
+        state = self.poller.states.get(number)
+        if state is None or self._aps is None:
+            return
+        interval = state.interval
+        if self._intervals.get(number) == interval:
+            return
+        self._intervals[number] = interval
+        start = datetime.now(timezone.utc) + timedelta(seconds=interval)
+        trigger = SlotTrigger(
+            seconds=interval,
+            jitter=capped_jitter(interval, self.jitter) or None,
+            start_date=start,
+            timezone=timezone.utc,
+        )
+        try:
+            self._aps.reschedule_job(number, trigger=trigger)
+        except JobLookupError:  # removed by a reload meanwhile
+            self._intervals.pop(number, None)
 
     async def stop(self, timeout: float) -> None:
         """Start no more polls; give those running up to ``timeout`` seconds to finish."""

@@ -220,6 +220,10 @@ class Service:
     async def send_endpoint(self, request: Request) -> Response:
         """Queue an outbound SMS: ``{"from", "to", "text"}`` with the send token; 202 + id.
 
+        Recipients who opted out (STOP) of SMS from ``from`` are refused: 409 naming them
+        when that is every recipient, else the others are queued and the answer lists the
+        refused ones (``"refused"``). The outbox checks again when it sends.
+
         The server's guard has already refused a wrong token and a large body from the
         request head; both are checked again here, so the handler is safe on its own.
         """
@@ -235,12 +239,25 @@ class Service:
             return json_response({"error": str(exc)}, 400)
         store = self.relay.store
         try:
-            sms_id = await store.call(store.sync.queue_send, sender, recipients, text, disclaimer)
+            out = await store.call(store.sync.opted_out, sender, recipients)
+            refused = [r for r in recipients if r in out]
+            kept = [r for r in recipients if r not in out]
+            if not kept:
+                log.info("relay.send.refused", extra=fields(recipients=len(refused)))
+                error = f"opted out (STOP) of SMS from {sender}: {', '.join(refused)}"
+                return json_response({"error": error, "refused": refused}, 409)
+            sms_id = await store.call(store.sync.queue_send, sender, kept, text, disclaimer)
         except RelayError as exc:
             return json_response({"error": str(exc)}, 503)
         self.relay.outbox.wake()
-        log.info("relay.send.queued", extra=fields(id=sms_id, recipients=len(recipients)))
-        return json_response({"id": sms_id, "status": "queued"}, 202)
+        log.info(
+            "relay.send.queued",
+            extra=fields(id=sms_id, recipients=len(kept), refused=len(refused)),
+        )
+        answer: dict[str, object] = {"id": sms_id, "status": "queued"}
+        if refused:
+            answer["refused"] = refused
+        return json_response(answer, 202)
 
     def _parse_send(self, body: bytes) -> tuple[str, list[str], str, bool]:
         try:
@@ -298,6 +315,7 @@ class Service:
             await asyncio.sleep(REFRESH_EVERY)
             try:
                 stats = await relay.store.call(relay.store.sync.queue_stats)
+                optouts = await relay.store.call(relay.store.sync.optout_counts)
                 await relay.store.call(
                     relay.store.sync.save_poll_states, relay.poller.take_changed_states()
                 )
@@ -309,6 +327,7 @@ class Service:
             for hook in relay.config.webhooks:
                 pending, dead, oldest = stats.get(hook.name, (0, 0, None))
                 self.metrics.queue(hook.name, pending, dead, _age(now, oldest))
+            self.metrics.optouts((n.number for n in relay.config.numbers), optouts)
             self.notifier.status(self._summary(sum(p for p, _d, _o in stats.values())))
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -338,6 +357,9 @@ class Service:
         try:
             async with Relay(config, events=telemetry) as relay:
                 self.relay = relay
+                # Adaptive polling moves the intervals; every API request is counted.
+                self.metrics.follow_intervals(relay.poll_intervals)
+                relay.api.on_request = self.metrics.api_request
                 if config.http is not None:
                     server = await self._serve_http(config)
                 started = asyncio.Event()

@@ -38,7 +38,11 @@ def decode_secret(secret: str) -> bytes:
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` header value for one attempt."""
+    """The ``webhook-signature`` header value for one attempt; refuses an empty ``key``
+    (a webhook of another format has none: nothing signs with it)."""
+    if not key:
+        msg = "refusing to sign with an empty key"
+        raise ValueError(msg)
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
@@ -62,6 +66,9 @@ def verify(key: bytes, headers: Mapping[str, str], body: bytes, now: float) -> N
 
     ``headers`` must be keyed in lower case.
     """
+    if not key:
+        msg = "no key to verify with"
+        raise SignatureError(msg)
     try:
         msg_id = headers["webhook-id"]
         timestamp = int(headers["webhook-timestamp"])

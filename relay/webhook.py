@@ -1,22 +1,33 @@
-"""One webhook: the body it is sent, the signed POST, and what its answer means."""
+"""One webhook: the body it is sent, the signed POST, and what its answer means.
+
+The webhook's ``format`` shapes the request: Standard Webhooks JSON (:func:`body`,
+signed by :mod:`relay.signing`), Twilio's form fields (:mod:`relay.twilio`) or a Slack
+message (:mod:`relay.slack`); and says how a 2xx body asks for a reply
+(:meth:`Webhook.reply_texts`). Everything else (retries, the circuit...) is the same.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import httpx
 
-from relay import __version__, decoding, signing
+from relay import __version__, decoding, signing, slack, twilio, twiml
 from relay.clock import Clock, within
-from relay.config import WebhookConfig
+from relay.config import FORMAT_SLACK, FORMAT_TWILIO, SMS_RECEIVED, WebhookConfig
+from relay.logs import fields
+from relay.outbox import check_text, reply_text
 from relay.retry import parse_retry_after
 from relay.store import DueDelivery
 
-EVENT_TYPE = "sms.received"
+log = logging.getLogger("relay.webhook")
+
+EVENT_TYPE = SMS_RECEIVED
 USER_AGENT = f"aatrox-relay/{__version__}"
 #: How much of a webhook's answer is read; the rest is ignored.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -28,19 +39,23 @@ def iso(when: datetime, timespec: str = "auto") -> str:
 
 
 def body(delivery: DueDelivery, relayed_at: datetime) -> bytes:
-    """The JSON body of an ``sms.received`` delivery, UTF-8, non-ASCII kept as is."""
-    doc = {
-        "type": EVENT_TYPE,
-        "timestamp": iso(relayed_at, "milliseconds"),
-        "data": {
-            "id": delivery.provider_id,
-            "number": delivery.number,
-            "from": delivery.sender,
-            "to": delivery.recipient,
-            "text": delivery.text,
-            "received_at": iso(delivery.received_at),
-        },
+    """The JSON body of a delivery, UTF-8, non-ASCII kept as is: an ``sms.received``
+    built from its message, an outbound event from the ``data`` recorded with it."""
+    timestamp = iso(relayed_at, "milliseconds")
+    if delivery.data is not None:
+        event = {"type": delivery.event, "timestamp": timestamp, "data": json.loads(delivery.data)}
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    data = {
+        "id": delivery.provider_id,
+        "number": delivery.number,
+        "from": delivery.sender,
+        "to": delivery.recipient,
+        "text": delivery.text,
+        "received_at": iso(delivery.received_at),
     }
+    if delivery.keyword is not None:
+        data["keyword"] = delivery.keyword
+    doc = {"type": EVENT_TYPE, "timestamp": timestamp, "data": data}
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -60,6 +75,8 @@ class Answer:
     body: bytes = b""
     #: Why the body could not be read, when it could not (its status still counts).
     body_error: str | None = None
+    #: The answer's Content-Type ("" when it has none).
+    content_type: str = ""
 
 
 class Webhook:
@@ -80,9 +97,18 @@ class Webhook:
                 **dict(config.headers),
             },
         )
+        #: The URL X-Twilio-Signature covers: the one requested, as httpx sends it.
+        self._signed_url = _sent_url(config.url) if config.format == FORMAT_TWILIO else ""
 
-    async def send(self, delivery: DueDelivery) -> Answer:
-        """POST ``delivery``, signed, and classify the answer. Never raises for the network."""
+    def request(self, delivery: DueDelivery) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of an attempt to send ``delivery``, by the format."""
+        if self.config.format == FORMAT_TWILIO:
+            params = twilio.form(delivery, self.config.twilio_account_sid)
+            token = self.config.twilio_auth_token
+            headers = twilio.headers(token, self._signed_url, params, delivery.webhook_id)
+            return twilio.encode(params), headers
+        if self.config.format == FORMAT_SLACK:
+            return slack.body(delivery), {"Content-Type": slack.CONTENT_TYPE}
         now = self.clock.now()
         payload = body(delivery, now)
         headers = signing.headers(
@@ -93,6 +119,16 @@ class Webhook:
             also=self.config.extra_secrets,
         )
         headers["Content-Type"] = "application/json"
+        return payload, headers
+
+    async def send(self, delivery: DueDelivery) -> Answer:
+        """POST ``delivery`` as its format says, and classify the answer. Never raises for
+        the network."""
+        if self.config.format == FORMAT_TWILIO and delivery.event != SMS_RECEIVED:
+            # Queued while the webhook had another format: dead, for a replay once it can go.
+            error = f'format = "twilio" takes only {SMS_RECEIVED}, not {delivery.event}'
+            return Answer(False, error=error, final=True)
+        payload, headers = self.request(delivery)
         try:
             return await within(self.config.timeout + 1.0, self._post(payload, headers))
         except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -111,7 +147,8 @@ class Webhook:
             await response.aclose()
         status = response.status_code
         if 200 <= status < 300:
-            return Answer(True, status, body=answer, body_error=body_error)
+            kind = response.headers.get("content-type", "")
+            return Answer(True, status, body=answer, body_error=body_error, content_type=kind)
         error = f"HTTP {status}"
         if 300 <= status < 400:
             error += " (redirects are not followed)"
@@ -120,9 +157,40 @@ class Webhook:
             retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock.now())
         return Answer(False, status, error=error, retry_after=retry_after, final=status == 410)
 
+    def reply_texts(self, answer: Answer, webhook_id: str) -> tuple[str, ...]:
+        """The SMS a 2xx ``answer`` asks to send back, in order: ``{"reply": ...}`` from a
+        standard webhook, one per ``<Message>`` of TwiML from a twilio one, never any from
+        a slack one. Empty when it asks for none; ValueError when it asks for one that
+        cannot be sent or cannot be read (then none is sent)."""
+        if self.config.format == FORMAT_SLACK:
+            return ()
+        if self.config.format != FORMAT_TWILIO:
+            text = reply_text(answer.body)
+            return () if text is None else (text,)
+        if not twiml.is_twiml(answer.content_type):
+            return ()
+        asked = twiml.read(answer.body)
+        if asked.ignored:
+            log.info(
+                "relay.reply.twiml_ignored",
+                extra=fields(
+                    webhook=self.config.name, webhook_id=webhook_id, ignored=",".join(asked.ignored)
+                ),
+            )
+        return tuple(check_text(text) for text in asked.messages)
+
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+
+def _sent_url(url: str) -> str:
+    """``url`` as httpx sends it and the app reads it back (the one Twilio would sign);
+    as configured when httpx cannot read it (each attempt then fails as a request would)."""
+    try:
+        return twilio.signed_url(str(httpx.URL(url)))
+    except (httpx.InvalidURL, ValueError):
+        return url
 
 
 async def _read(response: httpx.Response) -> tuple[bytes, str | None]:

@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,17 +35,26 @@ from relay.config import (
     WebhookConfig,
 )
 from relay.http import Request, Response
+from relay.testing.faults import Fault
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
     from relay.daemon import Relay
+    from relay.testing.receiver import WebhookReceiver
+    from relay.testing.simulator import Simulator
 
 TOKEN = "test-token-5f2c"
 KEY = b"0123456789abcdef0123456789abcdef"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
 NUMBERS = ("+61400000001", "+61400000002")
 SENDER = "+61412345678"
+#: The ``send_token`` of the tests' ``[http]`` tables (``POST /v1/send``).
+SEND_TOKEN = "send-token-0123456789abcdef"
+#: The least ``[api]`` table a config file loads with.
+API = '[api]\ntoken = "t"\n'
+#: The time a test's fake clock starts at.
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
 def relay_config(
@@ -409,3 +419,30 @@ async def running(relay: Relay) -> AsyncIterator[None]:
     finally:
         stop.set()
         await task
+
+
+async def replies_survive_sigkill(
+    relay: RelayProcess, sim: Simulator, receiver: WebhookReceiver, per_message: int = 1
+) -> None:
+    """Start ``relay`` with the API's send hanging, inject three messages from SENDER (to
+    NUMBERS in turn), and SIGKILL it once each was delivered and the first reply is on its
+    way; restart it with the API answering, wait for ``per_message`` SMS a message and six
+    more polls (time for one too many to show), and stop it cleanly. The caller checks
+    what was sent."""
+    sim.add_fault(Fault(status=0, delay=30.0, count=1000, path="/api/v2/sms/send"))  # hangs
+    await relay.start()
+    for i in range(3):
+        sim.inject(SENDER, NUMBERS[i % 2], f"m{i}")
+    await receiver.wait_for(3, timeout=20)
+    while sim.requests["send"] < 1:  # the first reply is on its way to a hung API
+        await asyncio.sleep(0.05)
+    await relay.kill()
+    sim.clear_faults()
+    await relay.start()
+    async with time_limit(30):
+        while len(sim.sent) < 3 * per_message:
+            await asyncio.sleep(0.05)
+    polls = sim.requests["receive"]
+    while sim.requests["receive"] < polls + 6:
+        await asyncio.sleep(0.05)
+    assert await relay.terminate() == 0

@@ -77,8 +77,8 @@ def _seed(
             elif state == "dead":
                 results.append(Outcome(d.id, now, "dead", status=410, error="HTTP 410"))
             else:
-                reply = Reply(NUMBERS[0], SENDER, "reply text") if state == "replied" else None
-                results.append(Outcome(d.id, now, "delivered", status=204, reply=reply))
+                replies = (Reply(NUMBERS[0], SENDER, "reply text"),) if state == "replied" else ()
+                results.append(Outcome(d.id, now, "delivered", status=204, replies=replies))
         store.save_outcomes(results)
     store.release_claims()
     store.clock = SystemClock()
@@ -130,7 +130,7 @@ async def test_status_after_poll_once(
     hook = doc["webhooks"][0]
     assert (hook["name"], hook["pending"], hook["dead"], hook["delivered"]) == ("hook", 0, 1, 2)
     assert hook["last_error"] == "HTTP 410" and hook["oldest_pending_at"] is None
-    assert doc["outbound"] == {"pending": 0, "sent": 0, "failed": 0, "unknown": 0}
+    assert doc["outbound"] == {"pending": 0, "sent": 0, "failed": 0, "unknown": 0, "refused": 0}
 
 
 @pytest.mark.anyio
@@ -164,7 +164,7 @@ def test_status_never_polled_and_leases(
     code, out, _err = _run(capsys, "status", "--config", str(path))
     assert code == 0
     line = next(line for line in out.splitlines() if NUMBERS[1] in line)
-    assert line.split()[1:3] == ["never", "never"]
+    assert line.split()[2:4] == ["never", "never"]  # after NUMBER and INTERVAL
     assert "relay-a" in next(line for line in out.splitlines() if NUMBERS[0] in line)
     hook_line = next(line for line in out.splitlines() if line.startswith("  hook "))
     assert hook_line.split()[1:3] == ["1", "0"]
@@ -214,7 +214,7 @@ def test_deliveries_list_filters(
         (other, "other", "dead"),
         (dead, "hook", "dead"),
     ]
-    assert rows[1]["last_status"] == 410 and rows[1]["reply"] is None
+    assert rows[1]["last_status"] == 410 and rows[1]["replies"] == []
     assert rows[1]["webhook_id"].startswith("msg_") and rows[1]["number"] == SHOWN
 
     code, out, _err = _run(
@@ -223,7 +223,8 @@ def test_deliveries_list_filters(
     )  # fmt: skip
     (row,) = json.loads(out)["deliveries"]
     assert row["id"] == delivered and row["delivered_at"] is not None
-    assert row["reply"]["state"] == "pending" and row["reply"]["provider_ids"] == []
+    ((reply),) = row["replies"]
+    assert reply["state"] == "pending" and reply["provider_ids"] == []
 
     code, out, _err = _run(capsys, "deliveries", "list", "--limit", "1", "--config", str(config))
     assert len(out.splitlines()) == 2

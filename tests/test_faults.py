@@ -39,7 +39,6 @@ API_FAULTS = {
 }
 EXPECTED = {
     "500s": "500",
-    "429-retry-after": "429",
     "slower-than-timeout": "2s",
     "malformed-json": "JSON",
     "html-200": "text/html",
@@ -83,7 +82,8 @@ async def test_api_faults(
     sqlite_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Each API fault fails polls with a one-line reason; the messages arrive afterwards."""
+    """Each API fault fails polls with a one-line reason (a 429 is the account's limit:
+    it pauses the whole relay for its Retry-After instead); the messages arrive afterwards."""
     caplog.set_level(logging.WARNING, logger="relay")
     for i in range(3):
         sim.inject(SENDER, NUMBERS[0], f"m{i}")
@@ -94,9 +94,15 @@ async def test_api_faults(
         await run_until_delivered(relay, receiver, 3)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert sim.pending_faults == 0
-    errors = logged(caplog, "relay.poll.failed")
-    assert errors, "the fault was not reported"
-    assert EXPECTED[name] in errors[0] and "\n" not in errors[0]
+    if name == "429-retry-after":
+        cuts = [r for r in caplog.records if r.getMessage() == "relay.api.rate_limited"]
+        assert cuts, "the fault was not reported"
+        assert cuts[0].__dict__["relay_fields"]["paused"] == "1s"
+        assert not logged(caplog, "relay.poll.failed")  # not one number's failure
+    else:
+        errors = logged(caplog, "relay.poll.failed")
+        assert errors, "the fault was not reported"
+        assert EXPECTED[name] in errors[0] and "\n" not in errors[0]
     assert TOKEN not in caplog.text and "m0" not in caplog.text
     assert grown_mb < 40, f"memory grew by {grown_mb:.0f} MB"
 
@@ -197,14 +203,20 @@ async def test_store_briefly_unavailable(
         async with Relay(config) as relay:
             stop = asyncio.Event()
             task = asyncio.create_task(relay.run(stop))
+            cut = 0
             for i in range(20):  # two seconds of connections cut as soon as they are made
                 sim.inject(SENDER, NUMBERS[0], f"m{i}")
                 with admin.connect() as conn:
-                    conn.execute(kill)
+                    cut += conn.execute(kill).scalar_one()
                 await asyncio.sleep(0.1)
             await receiver.wait_for(20, timeout=30)
             stop.set()
             await task
     finally:
         admin.dispose()
-    assert "relay.poll.failed" in caplog.text or "store_error" in caplog.text
+    # The fault was real: the relay's connections were cut under it. Whether a cut shows
+    # as a failed poll (a query in flight) or is healed silently by the pool's pre-ping
+    # (an idle connection) is the scheduler's timing, so the log is not asserted.
+    assert cut > 0
+    texts = {d.payload["data"]["text"] for d in receiver.deliveries}  # type: ignore[index]
+    assert texts == {f"m{i}" for i in range(20)}

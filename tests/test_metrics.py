@@ -296,3 +296,43 @@ def test_configured_numbers_export_their_interval_and_removed_ones_go(
     ) not in samples
     assert (AGE, frozenset({("number", OTHER_LABEL)})) not in samples
     assert value(samples, AGE, number=LABEL) == 0.0
+
+
+def test_poll_intervals_followed_are_read_at_each_scrape(metrics: Metrics) -> None:
+    """With a source of current intervals (adaptive polling), each scrape shows what it
+    says now, not the configured intervals."""
+    current = {NUMBER: 30.0, OTHER: 30.0}
+    metrics.configured(current)
+    metrics.follow_intervals(lambda: dict(current))
+    current[NUMBER] = 1.0
+    samples = scrape(metrics)
+    assert value(samples, "aatrox_relay_poll_interval_seconds", number=LABEL) == 1.0
+    assert value(samples, "aatrox_relay_poll_interval_seconds", number=OTHER_LABEL) == 30.0
+
+
+def test_api_requests_are_counted_by_endpoint_and_outcome(metrics: Metrics) -> None:
+    """aatrox_relay_api_requests_total counts each request by endpoint and outcome."""
+    metrics.api_request("receive", "ok")
+    metrics.api_request("receive", "ok")
+    metrics.api_request("receive", "rate_limited")
+    metrics.api_request("send", "ok")
+    samples = scrape(metrics)
+    name = "aatrox_relay_api_requests_total"
+    assert value(samples, name, endpoint="receive", outcome="ok") == 2.0
+    assert value(samples, name, endpoint="receive", outcome="rate_limited") == 1.0
+    assert value(samples, name, endpoint="send", outcome="ok") == 1.0
+
+
+def test_optouts_and_refused_sms_are_exported(metrics: Metrics) -> None:
+    """Opt-outs per configured number (0 for one without; a removed number's series
+    goes) and refused outbound SMS, counted apart from failed ones."""
+    metrics.optouts([NUMBER, OTHER], {NUMBER: 3, "+61400000009": 5})
+    metrics.outbound("refused")
+    s = scrape(metrics)
+    assert value(s, "aatrox_relay_optouts", number=LABEL) == 3
+    assert value(s, "aatrox_relay_optouts", number=OTHER_LABEL) == 0
+    assert value(s, "aatrox_relay_outbound_sms_total", outcome="refused") == 1
+    assert value(s, "aatrox_relay_outbound_sms_total", outcome="failed") == 0
+    metrics.optouts([OTHER], {})
+    with pytest.raises(KeyError):
+        value(scrape(metrics), "aatrox_relay_optouts", number=LABEL)

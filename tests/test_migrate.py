@@ -109,3 +109,89 @@ async def test_three_relays_started_at_once_on_a_fresh_postgres_database_all_sta
             assert revision(conn) == alembic_head()
     finally:
         engine.dispose()
+
+
+def _upgrade_to(conn: sa.Connection, target: str) -> None:
+    from alembic import command
+
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    config.attributes["connection"] = conn
+    command.upgrade(config, target)
+
+
+def _reply_of_a_delivery(conn: sa.Connection) -> None:
+    """Message 7, its delivery 11 to "crm", and reply 5 (sent) that delivery caused."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO messages (id, number, provider_id, sender, recipient, text,"
+            " received_at, seen_at) VALUES (7, '+61400000001', 'm7', '+61412345678',"
+            " '+61400000001', 'hi', '2026-12-01 00:00:00', '2026-12-01 00:00:01')"
+        )
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO deliveries (id, message_id, webhook, webhook_id, state, attempts,"
+            " queued_at, next_attempt_at) VALUES (11, 7, 'crm', 'msg_x', 'delivered', 1,"
+            " '2026-12-01 00:00:01', '2026-12-01 00:00:01')"
+        )
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO outbound (id, kind, delivery_id, sender, recipients, text, state,"
+            " attempts, queued_at, next_attempt_at) VALUES (5, 'reply', 11,"
+            " '+61400000001', '[\"+61412345678\"]', 'ok', 'sent', 1,"
+            " '2026-12-01 00:00:02', '2026-12-01 00:00:02')"
+        )
+    )
+
+
+def test_0006_keeps_every_delivery_and_every_replys_link_to_its_delivery(store_url: str) -> None:
+    """Rebuilding ``deliveries`` for outbound events (0006) keeps its rows and the replies'
+    ``delivery_id`` (on SQLite, dropping the old table would null them: ON DELETE SET NULL)."""
+    store = Store.open(store_url, SystemClock(), migrate=False)
+    try:
+        with store.engine.begin() as conn:
+            _upgrade_to(conn, "0005")
+            _reply_of_a_delivery(conn)
+        assert store.migrate() is True
+        with store.engine.connect() as conn:
+            assert revision(conn) == HEAD
+            row = conn.execute(
+                sa.text("SELECT message_id, webhook_id, event, data FROM deliveries WHERE id = 11")
+            ).one()
+            link = conn.execute(sa.text("SELECT delivery_id FROM outbound WHERE id = 5")).scalar()
+        assert tuple(row) == (7, "msg_x", "sms.received", None)
+        assert link == 11
+    finally:
+        store.close()
+
+
+def test_0009_makes_a_reply_part_0_and_lets_a_delivery_have_more(store_url: str) -> None:
+    """After 0009 (``outbound`` rebuilt on SQLite) an existing reply is part 0 of its
+    delivery, still linked to it; a second part may join it, a repeated part may not; and
+    deleting the delivery still only unlinks its replies (ON DELETE SET NULL kept)."""
+    store = Store.open(store_url, SystemClock(), migrate=False)
+    more = sa.text(
+        "INSERT INTO outbound (kind, delivery_id, part, sender, recipients, text, state,"
+        " queued_at, next_attempt_at) VALUES ('reply', 11, :part, '+61400000001', '[]', 'more',"
+        " 'pending', '2026-12-01 00:00:02', '2026-12-01 00:00:02')"
+    )
+    try:
+        with store.engine.begin() as conn:
+            _upgrade_to(conn, "0008")
+            _reply_of_a_delivery(conn)
+        assert store.migrate() is True
+        with store.engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT delivery_id, part FROM outbound")).all() == [
+                (11, 0)
+            ]
+            conn.execute(more, {"part": 1})
+        with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+            conn.execute(more, {"part": 1})
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM deliveries WHERE id = 11"))
+            links = conn.execute(sa.text("SELECT delivery_id FROM outbound ORDER BY id")).all()
+        assert links == [(None,), (None,)]
+    finally:
+        store.close()

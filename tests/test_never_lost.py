@@ -119,6 +119,96 @@ async def test_details_that_fail_leave_the_message_for_a_later_poll(
     assert [d["text"] for d in _delivered(receiver)] == ["later"]
 
 
+def _short_id_only_listing(sim: Simulator) -> None:
+    """Listings of ids only, three long: three new messages move past any before them."""
+    sim.wire = WireFormat(listing="id_only")
+    sim.listing_limit = 3
+
+
+#: What :func:`_move_past` injects.
+MOVED_PAST = ["after 0", "after 1", "after 2"]
+
+
+def _move_past(sim: Simulator) -> None:
+    """Three new messages: the short listing no longer holds what came before them."""
+    for text in MOVED_PAST:
+        sim.inject(SENDER, NUMBER, text)
+
+
+async def test_a_message_that_leaves_the_listing_before_its_details_is_still_delivered(
+    fake_sim: Simulator, clock: FakeClock, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """Details failing while the listing moves past a message lose nothing: they are
+    asked for by id on later polls, and the message is delivered once they answer."""
+    sim = fake_sim
+    _short_id_only_listing(sim)
+    config = _one_number(sim, receiver, sqlite_url, interval=1.0)
+    async with Relay(config, clock=clock) as relay:
+        await relay.poll_once()
+        message = sim.inject(SENDER, NUMBER, "scrolled")
+        failures = DETAILS_EAGER_RETRIES + 2
+        sim.add_fault(Fault(status=500, path=f"/api/v2/sms/{message.id}", count=failures))
+        await relay.poll_once()  # listed, its details fail
+        _move_past(sim)
+        for _ in range(DETAILS_EAGER_RETRIES + 6):
+            clock.advance(2.0)
+            await relay.poll_once()
+        assert sim.requests["details"] >= failures + 1 + 3
+    texts = [d["text"] for d in _delivered(receiver)]
+    assert sorted(texts) == [*MOVED_PAST, "scrolled"]
+
+
+async def test_a_message_awaiting_its_details_survives_a_restart(
+    fake_sim: Simulator, clock: FakeClock, receiver: WebhookReceiver, sqlite_url: str
+) -> None:
+    """A message whose details have not come is in the store right after the poll that
+    listed it (not only at shutdown); a relay started after the listing moved past it
+    still completes it by id and delivers it once."""
+    sim = fake_sim
+    _short_id_only_listing(sim)
+    config = _one_number(sim, receiver, sqlite_url, interval=1.0)
+    async with Relay(config, clock=clock) as relay:
+        await relay.poll_once()
+        message = sim.inject(SENDER, NUMBER, "kept")
+        sim.add_fault(Fault(status=500, path=f"/api/v2/sms/{message.id}", count=2))
+        await relay.poll_once()
+        stored = await relay.store.call(relay.store.sync.load_numbers, [NUMBER])
+        assert [m.id for m in stored[NUMBER].awaiting] == [str(message.id)]
+        assert stored[NUMBER].awaiting[0].text is None  # as listed: id-only
+    _move_past(sim)  # while no relay runs
+    clock.advance(5.0)
+    async with Relay(config, clock=clock) as relay:
+        for _ in range(4):
+            clock.advance(2.0)
+            await relay.poll_once()
+        stored = await relay.store.call(relay.store.sync.load_numbers, [NUMBER])
+    texts = sorted(str(d["text"]) for d in _delivered(receiver))
+    assert texts == [*MOVED_PAST, "kept"]
+    assert stored[NUMBER].awaiting == ()
+
+
+async def test_a_relay_that_takes_a_number_over_completes_what_another_left_awaiting(
+    sim: Simulator, receiver: WebhookReceiver, postgres_url: str
+) -> None:
+    """Two relays on PostgreSQL: the one that listed a message whose details failed stops;
+    the other, started before the message existed, takes the number's lease, reads what
+    was left awaiting details and delivers it once, though the listing moved past it."""
+    _short_id_only_listing(sim)
+    config = _one_number(sim, receiver, postgres_url)
+    async with Relay(config) as second:
+        async with Relay(config) as first:
+            await first.poll_once()  # takes the number's lease; the baseline
+            message = sim.inject(SENDER, NUMBER, "handed over")
+            sim.add_fault(Fault(status=500, path=f"/api/v2/sms/{message.id}", count=1))
+            result = await first.poll_once()
+            assert result.polls[0].incomplete == 1
+        _move_past(sim)  # the first relay is gone (its leases handed back)
+        for _ in range(3):
+            await second.poll_once()
+    texts = sorted(str(d["text"]) for d in _delivered(receiver))
+    assert texts == [*MOVED_PAST, "handed over"]
+
+
 async def test_unresolvable_message_is_reported_once(
     fake_sim: Simulator,
     clock: FakeClock,

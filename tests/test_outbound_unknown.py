@@ -267,6 +267,7 @@ async def test_one_queued_send_reaches_a_late_api_once_and_shows_in_status(
         "sent": 0,
         "failed": 0,
         "unknown": 1,
+        "refused": 0,
     }
 
 

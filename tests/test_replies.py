@@ -13,7 +13,15 @@ from relay.daemon import Relay
 from relay.testing.faults import Fault
 from relay.testing.receiver import Rule, WebhookReceiver
 from relay.testing.simulator import Simulator
-from tests.support import NUMBERS, SENDER, RelayProcess, relay_config, time_limit, write_config
+from tests.support import (
+    NUMBERS,
+    SENDER,
+    RelayProcess,
+    relay_config,
+    replies_survive_sigkill,
+    time_limit,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -112,7 +120,7 @@ async def test_api_errors_are_retried_and_400_is_final(
         await task
         counts = await relay.store.call(relay.store.sync.outbound_counts)
     assert [s.text for s in sim.sent] == ["first"]
-    assert counts == {"pending": 0, "sent": 1, "failed": 1, "unknown": 0}
+    assert counts == {"pending": 0, "sent": 1, "failed": 1, "unknown": 0, "refused": 0}
 
 
 async def test_a_non_reply_answer_sends_nothing(
@@ -153,22 +161,7 @@ async def test_reply_survives_sigkill(
     config = write_config(
         tmp_path / "relay.toml", sim.url, receiver.url, f"sqlite:///{tmp_path / 'relay.db'}"
     )
-    sim.add_fault(Fault(status=0, delay=30.0, count=1000, path="/api/v2/sms/send"))  # hangs
-    relay = RelayProcess(config)
-    await relay.start()
-    for i in range(3):
-        sim.inject(SENDER, NUMBERS[i % 2], f"m{i}")
-    await receiver.wait_for(3, timeout=20)
-    while sim.requests["send"] < 1:  # the first reply is on its way to a hung API
-        await asyncio.sleep(0.05)
-    await relay.kill()
-    sim.clear_faults()
-    await relay.start()
-    await until_sent(sim, 3, timeout=30)
-    polls = sim.requests["receive"]
-    while sim.requests["receive"] < polls + 6:
-        await asyncio.sleep(0.05)
-    assert await relay.terminate() == 0
+    await replies_survive_sigkill(RelayProcess(config), sim, receiver)
     assert sorted((s.sender, tuple(s.recipients)) for s in sim.sent) == sorted(
         (NUMBERS[i % 2], (SENDER,)) for i in range(3)
     )

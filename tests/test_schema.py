@@ -128,7 +128,7 @@ def test_every_index_and_unique_constraint_is_compared(migrated: MigrationContex
         "ix_outbound_due",
         "uq_deliveries_message_webhook",
         "uq_messages_number_provider_id",
-        "uq_outbound_delivery",
+        "uq_outbound_delivery_part",
     } <= set(declared)
     missed = {
         name: found

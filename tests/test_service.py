@@ -18,6 +18,7 @@ from relay.testing.receiver import WebhookReceiver
 from relay.testing.simulator import Simulator
 from tests.support import (
     NUMBERS,
+    SEND_TOKEN,
     SENDER,
     TOKEN,
     FakeSentry,
@@ -28,8 +29,6 @@ from tests.support import (
 from tests.test_numbers import SPELLINGS, WRONG_NUMBERS
 
 pytestmark = pytest.mark.anyio
-
-SEND_TOKEN = "send-token-0123456789abcdef"
 
 
 class NotifySocket:

@@ -453,6 +453,7 @@ async def test_control_endpoints(sim: Simulator) -> None:
             "messages": 1,
             "sent": 1,
             "faults": 0,
+            "limited": 0,
         }
 
 

@@ -195,18 +195,53 @@ def test_claims_are_exclusive_until_they_expire(store_url: str, clock: FakeClock
         two.close()
 
 
-def test_outcome_releases_the_claim_and_queues_one_reply(store: Store, clock: FakeClock) -> None:
-    """A delivered outcome with a reply queues it once, even if the outcome is saved twice."""
+def test_outcome_releases_the_claim_and_queues_its_replies_once(
+    store: Store, clock: FakeClock
+) -> None:
+    """A delivered outcome's replies are queued once each, in order, even if the outcome is
+    saved twice (a second answer with more replies adds only the parts not yet queued)."""
+    store.record(NUMBER, [msg(1), msg(2)], lambda _m: ("a",))
+    d, other = store.claim("a", 10)
+    replies = (Reply(NUMBER, "+61412345678", "Thanks!"), Reply(NUMBER, "+61412345678", "Bye"))
+    store.save_outcomes([Outcome(d.id, clock.now(), DELIVERED, status=200, replies=replies)])
+    store.save_outcomes([Outcome(d.id, clock.now(), DELIVERED, status=200, replies=replies)])
+    store.save_outcomes([Outcome(other.id, clock.now(), DELIVERED, replies=replies[:1])])
+    query = "SELECT delivery_id, part, kind, text, recipients FROM outbound ORDER BY id"
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text(query)).all()
+        claimed = conn.execute(sa.text("SELECT claimed_by FROM deliveries")).scalars().all()
+    assert [tuple(r) for r in rows] == [
+        (d.id, 0, "reply", "Thanks!", '["+61412345678"]'),
+        (d.id, 1, "reply", "Bye", '["+61412345678"]'),
+        (other.id, 0, "reply", "Thanks!", '["+61412345678"]'),
+    ]
+    assert claimed == [None, None]
+
+
+def test_a_deliverys_replies_are_claimed_in_order(store: Store, clock: FakeClock) -> None:
+    """A delivery's second reply is neither claimed nor counted as due while its first is
+    pending (claimed or waiting for a retry); once the first is settled, sent or failed
+    alike, it is. Other SMS are never held back."""
     store.record(NUMBER, [msg(1)], lambda _m: ("a",))
     (d,) = store.claim("a", 10)
-    reply = Reply(NUMBER, "+61412345678", "Thanks!")
-    store.save_outcomes([Outcome(d.id, clock.now(), DELIVERED, status=200, reply=reply)])
-    store.save_outcomes([Outcome(d.id, clock.now(), DELIVERED, status=200, reply=reply)])
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT kind, text, recipients FROM outbound")).all()
-        claimed = conn.execute(sa.text("SELECT claimed_by FROM deliveries")).scalar()
-    assert [tuple(r) for r in rows] == [("reply", "Thanks!", '["+61412345678"]')]
-    assert claimed is None
+    replies = tuple(Reply(NUMBER, "+61412345678", text) for text in ("one", "two", "three"))
+    store.save_outcomes([Outcome(d.id, clock.now(), DELIVERED, replies=replies)])
+    send = store.queue_send(NUMBER, ["+61412345679"], "unrelated")
+    first, unrelated = store.claim_outbound(10)
+    assert (first.text, unrelated.id) == ("one", send)
+    store.record_send(send, clock.now(), SendOutcome(SENT, 200, None, sent_at=clock.now()))
+    assert store.claim_outbound(10) == [] and store.next_outbound_due() is None
+    later = clock.now() + timedelta(seconds=30)
+    retry = SendOutcome(PENDING, 503, "HTTP 503", next_attempt_at=later)
+    store.record_send(first.id, clock.now(), retry)
+    assert store.claim_outbound(10) == [] and store.next_outbound_due() == later
+    clock.advance(30)
+    (again,) = store.claim_outbound(10)
+    store.record_send(again.id, clock.now(), SendOutcome(FAILED, 400, "HTTP 400"))
+    (second,) = store.claim_outbound(10)
+    assert second.text == "two" and store.claim_outbound(10) == []
+    store.record_send(second.id, clock.now(), SendOutcome(SENT, 200, None, sent_at=clock.now()))
+    assert [s.text for s in store.claim_outbound(10)] == ["three"]
 
 
 def test_prune_keeps_what_is_unsettled(store: Store, clock: FakeClock) -> None:
@@ -298,8 +333,8 @@ def test_prune_deletes_settled_outbound_sms(store: Store, clock: FakeClock) -> N
     reply = Reply(NUMBER, "+61412345678", "Thanks!")
     store.save_outcomes(
         [
-            Outcome(d1.id, clock.now(), DELIVERED, status=200, reply=reply),
-            Outcome(d2.id, clock.now(), DELIVERED, status=200, reply=reply),
+            Outcome(d1.id, clock.now(), DELIVERED, status=200, replies=(reply,)),
+            Outcome(d2.id, clock.now(), DELIVERED, status=200, replies=(reply,)),
         ]
     )
     with store.engine.connect() as conn:

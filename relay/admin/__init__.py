@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from relay.admin.check import check_store, probe_webhook, shown_store_url
 from relay.admin.deliveries import deliveries_report, replay_report
+from relay.admin.optouts import change_optout, optouts_report
 from relay.admin.overview import status, status_report, status_text
 from relay.admin.prune import prune_report
 from relay.admin.render import ago, printable
@@ -25,9 +26,11 @@ from relay.admin.send import message_report, send_report
 
 __all__ = [
     "ago",
+    "change_optout",
     "check_store",
     "deliveries_report",
     "message_report",
+    "optouts_report",
     "printable",
     "probe_webhook",
     "prune_report",

@@ -18,7 +18,12 @@ from relay.worker import IDLE_RECHECK
 
 def deliveries_json(rows: Sequence[DeliveryRow], now: datetime) -> dict[str, Any]:
     """The ``deliveries list --json`` document."""
-    return {"now": now, "deliveries": [asdict(r) | {"number": logs.number(r.number)} for r in rows]}
+    return {
+        "now": now,
+        "deliveries": [
+            asdict(r) | ({"number": logs.number(r.number)} if r.number else {}) for r in rows
+        ],
+    }
 
 
 def _when(r: DeliveryRow, now: datetime) -> str:
@@ -44,12 +49,12 @@ def deliveries_text(rows: Sequence[DeliveryRow], now: datetime) -> str:
                 r.state,
                 str(r.attempts),
                 r.webhook_id,
-                logs.number(r.number),
-                cell(r.provider_id),
+                logs.number(r.number) if r.number else "-",
+                cell(r.provider_id or f"{r.event} #{r.outbound_id}"),
                 ago(r.queued_at, now),
                 _when(r, now),
                 cell(str(r.last_status or "")),
-                cell(_reply(r.reply)),
+                cell(_replies(r.replies)),
                 cell(r.last_error),
             ]
             for r in rows
@@ -57,8 +62,10 @@ def deliveries_text(rows: Sequence[DeliveryRow], now: datetime) -> str:
     )
 
 
-def _reply(reply: ReplyRow | None) -> str | None:
-    return None if reply is None else " ".join([f"#{reply.id}", reply.state, *reply.provider_ids])
+def _replies(replies: Sequence[ReplyRow]) -> str | None:
+    """``#12 sent out-9912``, several separated by commas; None for none."""
+    shown = [" ".join([f"#{r.id}", r.state, *r.provider_ids]) for r in replies]
+    return ", ".join(shown) or None
 
 
 def deliveries_report(

@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from relay import logs
-from relay.admin.render import NONE, ago, cell, dumps, table
+from relay.admin.render import NONE, ago, cell, dumps, duration, table
 from relay.config import Config
 from relay.store import NumberStatus, Status, Store, open_existing
 from relay.store.schema import UNKNOWN
@@ -27,22 +28,40 @@ def status(store: Store, config: Config) -> Status:
     return store.read_status([c.number for c in config.numbers], [h.name for h in config.webhooks])
 
 
-def status_json(found: Status) -> dict[str, Any]:
-    """The ``status --json`` document."""
+def intervals(config: Config) -> dict[str, str]:
+    """Each number's poll interval as ``status`` shows it: ``10s``, or ``1s-30s`` under
+    adaptive polling. The current one lives in the polling relay only (it is not in the
+    store): ``aatrox_relay_poll_interval_seconds`` exports it."""
+    low = config.poll.min_interval
+    return {
+        n.number: duration(n.interval)
+        if low is None
+        else f"{duration(min(low, n.interval))}-{duration(n.interval)}"
+        for n in config.numbers
+    }
+
+
+def status_json(found: Status, shown: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``status --json`` document; with ``shown`` (:func:`intervals`), each number's."""
     doc = asdict(found)
     for number in doc["numbers"]:
+        if shown is not None:
+            number["interval"] = shown.get(number["number"])
         number["number"] = logs.number(number["number"])
     return doc
 
 
-def status_text(found: Status) -> str:
-    """``status`` for a terminal: aligned columns, ages relative to now."""
+def status_text(found: Status, shown: Mapping[str, str] | None = None) -> str:
+    """``status`` for a terminal: aligned columns, ages relative to now; with ``shown``
+    (:func:`intervals`), an INTERVAL column."""
     now = found.now
+    columns = ["NUMBER", "LAST POLL", "LAST SUCCESS", "FAILURES", "GAP", "LEASE", "LAST ERROR"]
     numbers_table = table(
-        ["NUMBER", "LAST POLL", "LAST SUCCESS", "FAILURES", "GAP", "LEASE", "LAST ERROR"],
+        columns[:1] + ["INTERVAL"] * (shown is not None) + columns[1:],
         [
             [
                 logs.number(n.number),
+                *([] if shown is None else [shown.get(n.number, NONE)]),
                 ago(n.last_poll_at, now),
                 ago(n.last_success_at, now),
                 str(n.consecutive_failures),
@@ -90,4 +109,5 @@ def status_report(config: Config, *, as_json: bool) -> str:
     """What ``status`` prints."""
     with open_existing(config.store.url, lease=config.store.lease) as store:
         found = status(store, config)
-    return dumps(status_json(found)) if as_json else status_text(found)
+    shown = intervals(config)
+    return dumps(status_json(found, shown)) if as_json else status_text(found, shown)

@@ -42,6 +42,14 @@ def span(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def duration(seconds: float) -> str:
+    """``500ms``, ``1.5s``, ``30s``, ``2m``, ``1h``: a configured duration, as written."""
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
 def ago(when: datetime | None, now: datetime, empty: str = "never") -> str:
     """``3m ago`` (or ``in 3m``), or ``empty`` for no time at all."""
     if when is None:

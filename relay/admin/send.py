@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
 from relay.admin.render import ago, dumps, iso, printable
 from relay.api import AatroxClient
 from relay.clock import SystemClock
 from relay.config import Config
-from relay.errors import ConfigError, InvalidNumber
+from relay.errors import ApiError, ApiOutcomeUnknown, ConfigError, InvalidNumber
 from relay.inbound import InboundMessage
-from relay.outbox import check_text, send_now
+from relay.outbound_events import OutboundEvents
+from relay.outbox import OPTED_OUT, check_text, send_now
 from relay.phone import normalise, valid_number
-from relay.store import OutboundSms
+from relay.store import (
+    FAILED,
+    REFUSED,
+    SENT,
+    UNKNOWN,
+    OutboundSms,
+    SendOutcome,
+    Store,
+    open_existing,
+)
+from relay.store.engine import sqlite_file
+from relay.store.schema import OutboundState
+
+#: The outbound row's kind for an SMS ``aatrox-relay send`` sent (``data.cause`` "cli").
+KIND = "cli"
 
 
 def _phone(value: str, option: str, config: Config) -> str:
@@ -23,7 +40,7 @@ def _phone(value: str, option: str, config: Config) -> str:
         raise ConfigError(f"{option}: {exc}") from None
 
 
-def _send_number(value: str, option: str, config: Config) -> str:
+def number_option(value: str, option: str, config: Config) -> str:
     """A number to send from or to, valid for its country; the operator's input is echoed."""
     try:
         return valid_number(value, config.api.default_region)
@@ -32,12 +49,36 @@ def _send_number(value: str, option: str, config: Config) -> str:
         raise ConfigError(msg) from None
 
 
+@dataclass(frozen=True)
+class SendReport:
+    """What ``send`` did: the provider's ids, and the recipients it refused."""
+
+    ids: tuple[str, ...]
+    #: Recipients who opted out (STOP) of SMS from ``sender``: not sent to.
+    refused: tuple[str, ...]
+    sender: str
+    #: Whether an SMS went out (to the recipients not refused).
+    sent: bool = True
+
+    def refusal(self) -> str:
+        """The one-line error naming the refused recipients."""
+        return f"not sent to {', '.join(self.refused)}: opted out (STOP) of SMS from {self.sender}"
+
+
 async def send_report(
     config: Config, sender: str, recipients: Sequence[str], text: str, *, disclaimer: bool
-) -> str:
-    """Send one SMS now, straight through the API; the provider's ids, one per line."""
-    source = _send_number(sender, "--from", config)
-    targets = tuple(dict.fromkeys(_send_number(r, "--to", config) for r in recipients))
+) -> SendReport:
+    """Send one SMS now, straight through the API, to the recipients who have not opted
+    out of SMS from ``sender`` (STOP); none is sent when all of them have.
+
+    The SMS is recorded in the store first (``unknown`` until the answer is written
+    back, so a send killed mid-way is never repeated by a relay), and its outcome with
+    the ``sms.sent`` or ``sms.failed`` events it causes. A store that was never created
+    (no relay has run) records nothing; one that cannot be reached fails the send
+    before anything is sent.
+    """
+    source = number_option(sender, "--from", config)
+    targets = tuple(dict.fromkeys(number_option(r, "--to", config) for r in recipients))
     try:
         check_text(text)
     except ValueError as exc:
@@ -45,10 +86,58 @@ async def send_report(
     if disclaimer and len(targets) > 1:
         msg = "--disclaimer: the provider's bulk endpoint has no disclaimer variant (one --to only)"
         raise ConfigError(msg)
-    sms = OutboundSms(0, "send", source, targets, text, disclaimer, 0, SystemClock().now())
-    async with AatroxClient(config.api) as api:
-        sent = await send_now(api, sms)
-    return "\n".join(sent.ids)
+    clock = SystemClock()
+    with _recording(config) as store:
+        refused: tuple[str, ...] = ()
+        if store is None:
+            sms = OutboundSms(0, KIND, source, targets, text, disclaimer, 0, clock.now())
+        else:
+            out = store.opted_out(source, targets)
+            refused = tuple(t for t in targets if t in out)
+            kept = tuple(t for t in targets if t not in out) or targets
+            sms = store.begin_direct_send(KIND, source, kept, text, disclaimer)
+            if len(refused) == len(targets):
+                _record(store, config, sms, clock.now(), SendOutcome(REFUSED, None, OPTED_OUT))
+                return SendReport((), refused, source, sent=False)
+        started = clock.now()
+        try:
+            async with AatroxClient(config.api) as api:
+                sent = await send_now(api, sms)
+        except ApiError as exc:
+            if store is not None:
+                state: OutboundState = UNKNOWN if isinstance(exc, ApiOutcomeUnknown) else FAILED
+                _record(store, config, sms, started, SendOutcome(state, exc.status, str(exc)))
+            raise
+        if store is not None:
+            outcome = SendOutcome(
+                SENT,
+                200,
+                None,
+                sent_at=clock.now(),
+                provider_ids=sent.ids,
+                provider_status=sent.status,
+            )
+            _record(store, config, sms, started, outcome)
+    return SendReport(sent.ids, refused, source)
+
+
+@contextmanager
+def _recording(config: Config) -> Iterator[Store | None]:
+    """The store ``send`` records in; None when it is a SQLite file never created."""
+    db = sqlite_file(config.store.url)
+    if db is not None and not db.exists():
+        yield None
+        return
+    with open_existing(config.store.url, lease=config.store.lease) as store:
+        yield store
+
+
+def _record(
+    store: Store, config: Config, sms: OutboundSms, started: datetime, outcome: SendOutcome
+) -> None:
+    """Write back what the send came to, with the events it causes."""
+    told = OutboundEvents(config.webhooks, config.numbers).queued(sms, outcome, store.clock.now())
+    store.record_send(sms.id, started, outcome, told)
 
 
 async def message_report(

@@ -27,6 +27,9 @@ DEFAULT_RETENTION = 30 * 86400.0
 DEFAULT_POLL_INTERVAL = 10.0
 DEFAULT_POLL_JITTER = 1.0
 DEFAULT_POLL_CONCURRENCY = 16
+#: With adaptive polling, a number that received a message is polled at
+#: ``poll.min_interval`` for this long, then relaxes back to its interval.
+DEFAULT_POLL_ACTIVE_FOR = 120.0
 DEFAULT_WEBHOOK_TIMEOUT = 15.0
 DEFAULT_RETRY_INITIAL = 5.0
 DEFAULT_RETRY_MAX = 3600.0
@@ -111,6 +114,13 @@ class PollConfig:
     backfill: Backfill = field(default_factory=Backfill)
     #: Polls in flight at once, across all numbers.
     concurrency: int = DEFAULT_POLL_CONCURRENCY
+    #: Adaptive polling (:mod:`relay.adaptive`): a number that received a message is
+    #: polled this often for ``active_for``; None: every number at its interval, always.
+    min_interval: float | None = None
+    active_for: float = DEFAULT_POLL_ACTIVE_FOR
+    #: API requests a second at most, all of them (:mod:`relay.budget`); None: no limit
+    #: but what the provider's 429s teach.
+    budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,16 @@ class NumberConfig:
     disclaimer: bool = False
 
 
+#: An inbound SMS (``[webhooks.match]`` filters these).
+SMS_RECEIVED = "sms.received"
+#: The API accepted an outbound SMS (a reply, ``POST /v1/send``, ``aatrox-relay send``).
+SMS_SENT = "sms.sent"
+#: An outbound SMS failed for good.
+SMS_FAILED = "sms.failed"
+#: Every event type a webhook can be sent, for ``events = [...]``.
+EVENT_TYPES = (SMS_RECEIVED, SMS_SENT, SMS_FAILED)
+
+
 @dataclass(frozen=True)
 class MatchConfig:
     """``[webhooks.match]``: the inbound messages a webhook gets (every condition given
@@ -136,13 +156,29 @@ class MatchConfig:
     text: re.Pattern[str] | None = None
 
 
+#: ``format = "standard"``: Standard Webhooks JSON, signed with the webhook's secrets.
+FORMAT_STANDARD = "standard"
+#: ``format = "twilio"``: the form fields of Twilio's incoming-SMS webhook, signed with
+#: X-Twilio-Signature; a TwiML answer is a reply (:mod:`relay.twilio`, :mod:`relay.twiml`).
+FORMAT_TWILIO = "twilio"
+#: ``format = "slack"``: a Slack incoming-webhook message, unsigned (:mod:`relay.slack`).
+FORMAT_SLACK = "slack"
+#: Every request shape a webhook can be sent, for ``format``.
+WEBHOOK_FORMATS = (FORMAT_STANDARD, FORMAT_TWILIO, FORMAT_SLACK)
+#: The AccountSid a ``twilio`` webhook is sent without ``twilio_account_sid``: made up
+#: (``"AC"`` + the first 32 hex digits of SHA-256 of ``aatrox-relay twilio account``), the
+#: same on every relay.
+DEFAULT_TWILIO_ACCOUNT_SID = "ACd5feff7ee3cb87a336ce38ea894ec987"
+
+
 @dataclass(frozen=True)
 class WebhookConfig:
     """One ``[[webhooks]]`` entry."""
 
     name: str
     url: str
-    secret: bytes = field(repr=False)  # the decoded HMAC key
+    #: The decoded HMAC key; b"" for a format that is not "standard" (nothing signs with it).
+    secret: bytes = field(default=b"", repr=False)
     timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     retry_initial: float = DEFAULT_RETRY_INITIAL
     retry_max: float = DEFAULT_RETRY_MAX
@@ -163,11 +199,20 @@ class WebhookConfig:
     circuit_failures: int = DEFAULT_CIRCUIT_FAILURES
     #: While the circuit is open, one probe attempt per this many seconds.
     circuit_probe: float = DEFAULT_CIRCUIT_PROBE
+    #: ``events``: the event types it is sent (:data:`EVENT_TYPES`); default ``sms.received``.
+    events: frozenset[str] = frozenset((SMS_RECEIVED,))
+    #: ``format``: the shape of its requests (:data:`WEBHOOK_FORMATS`).
+    format: str = FORMAT_STANDARD
+    #: ``twilio_auth_token``: the key of X-Twilio-Signature (format "twilio" only).
+    twilio_auth_token: str = field(default="", repr=False)
+    #: ``twilio_account_sid``: sent as AccountSid (format "twilio" only).
+    twilio_account_sid: str = DEFAULT_TWILIO_ACCOUNT_SID
 
     @property
     def secrets(self) -> tuple[bytes, ...]:
-        """Every key an attempt is signed with, the first one first."""
-        return (self.secret, *self.extra_secrets)
+        """Every key an attempt is signed with, the first one first; none when the
+        webhook has no Standard Webhooks secret (a ``twilio`` or ``slack`` one)."""
+        return (self.secret, *self.extra_secrets) if self.secret else ()
 
 
 @dataclass(frozen=True)
@@ -219,6 +264,36 @@ class OutboundConfig:
     retry_unknown: bool = DEFAULT_RETRY_UNKNOWN
 
 
+#: ``[optout]`` keywords by default: Twilio's, which its users' recipients already know.
+DEFAULT_STOP_KEYWORDS = (
+    "STOP",
+    "STOPALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "REVOKE",
+    "OPTOUT",
+)
+DEFAULT_START_KEYWORDS = ("START", "YES", "UNSTOP")
+DEFAULT_HELP_KEYWORDS = ("HELP", "INFO")
+
+
+@dataclass(frozen=True)
+class OptoutConfig:
+    """``[optout]``: STOP and START keywords, and what is answered to them (see
+    :mod:`relay.optout`)."""
+
+    enabled: bool = True
+    stop: tuple[str, ...] = DEFAULT_STOP_KEYWORDS
+    start: tuple[str, ...] = DEFAULT_START_KEYWORDS
+    help: tuple[str, ...] = DEFAULT_HELP_KEYWORDS
+    #: Confirmations sent once for each keyword message; "" sends none.
+    stop_reply: str = ""
+    start_reply: str = ""
+    help_reply: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -233,6 +308,7 @@ class Config:
     sentry: SentryConfig | None = None
     run: RunConfig = field(default_factory=RunConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    optout: OptoutConfig = field(default_factory=OptoutConfig)
     path: Path | None = None
 
     def webhook(self, name: str) -> WebhookConfig:

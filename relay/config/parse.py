@@ -25,6 +25,7 @@ from relay.config.model import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_LEASE,
     DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_POLL_ACTIVE_FOR,
     DEFAULT_POLL_CONCURRENCY,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_POLL_JITTER,
@@ -49,10 +50,12 @@ from relay.config.model import (
     TokenSource,
     default_store_url,
 )
+from relay.config.optout import OPTOUT_KEYS, parse_optout
 from relay.config.tables import Table, fail, parse_duration, show
 from relay.config.webhooks import parse_webhook
 from relay.errors import ConfigError
 from relay.phone import is_region, mask
+from relay.ratelimit import parse_rate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,14 +72,17 @@ MIN_SEND_TOKEN_LENGTH = 16
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 SECTIONS = ("api", "store", "poll", "numbers", "webhooks", "log", "http", "sentry", "run",
-            "outbound")  # fmt: skip
+            "outbound", "optout")  # fmt: skip
 _API_KEYS = ("base_url", "token", "token_file", "timeout", "default_region", "timezone",
              "max_response_bytes", "ca_bundle", "allow_insecure_http")  # fmt: skip
 _WEBHOOK_KEYS = ("name", "url", "secret", "secret_file", "secrets", "secret_files", "match",
                  "rate_limit", "circuit_failures", "circuit_probe", "ordering",
-                 "timeout", "retry_initial",
+                 "events", "timeout", "retry_initial",
                  "retry_max", "give_up_after", "concurrency", "headers",
-                 "headers_file")  # fmt: skip
+                 "headers_file", "format", "twilio_auth_token", "twilio_auth_token_file",
+                 "twilio_account_sid")  # fmt: skip
+_POLL_KEYS = ("interval", "jitter", "backfill", "concurrency", "min_interval", "active_for",
+              "budget")  # fmt: skip
 _NUMBER_KEYS = ("number", "webhooks", "from", "interval", "disclaimer")
 _HTTP_KEYS = ("listen", "send_token", "send_token_file")
 _SENTRY_KEYS = ("dsn", "environment", "release", "traces_sample_rate", "monitor")
@@ -119,7 +125,7 @@ def parse(
     api = _parse_api(root.table("api", _API_KEYS), env, base)
     store = root.table("store", ("url", "retention", "lease"))
     store_url = _store_url(store, env, base)
-    poll = _parse_poll(root.table("poll", ("interval", "jitter", "backfill", "concurrency")))
+    poll = _parse_poll(root.table("poll", _POLL_KEYS))
     seen: dict[str, str] = {}
     webhooks = tuple(
         parse_webhook(t, base, seen, api.default_region)
@@ -133,6 +139,7 @@ def parse(
     sentry = _parse_sentry(root.table("sentry", _SENTRY_KEYS)) if "sentry" in data else None
     run = root.table("run", ("shutdown_timeout",))
     outbound = root.table("outbound", ("retry_unknown",))
+    optout = parse_optout(root.table("optout", OPTOUT_KEYS))
     return Config(
         api=api,
         store=StoreConfig(
@@ -154,6 +161,7 @@ def parse(
         outbound=OutboundConfig(
             retry_unknown=outbound.get("retry_unknown", bool, "a boolean", DEFAULT_RETRY_UNKNOWN),
         ),
+        optout=optout,
     )
 
 
@@ -275,11 +283,29 @@ def _parse_poll(poll: Table) -> PollConfig:
         if window == 0:
             poll.fail("backfill", 'must be greater than 0 (or "none")')
         backfill = Backfill("window", window)
+    interval = poll.duration("interval", DEFAULT_POLL_INTERVAL, MIN_POLL_INTERVAL)
+    min_interval = None
+    if "min_interval" in poll.data:
+        min_interval = poll.duration("min_interval", interval, MIN_POLL_INTERVAL)
+        if min_interval > interval:
+            poll.fail("min_interval", f"must not be more than {poll.sub('interval')}")
+    elif "active_for" in poll.data:
+        poll.fail("active_for", f"needs {poll.sub('min_interval')} (adaptive polling)")
+    budget = None
+    if "budget" in poll.data:
+        value = poll.get("budget", str, 'a string such as "20/s"', "")
+        try:
+            budget = parse_rate(value)
+        except ValueError as exc:
+            poll.fail("budget", f"{show(value)} {exc}")
     return PollConfig(
-        interval=poll.duration("interval", DEFAULT_POLL_INTERVAL, MIN_POLL_INTERVAL),
+        interval=interval,
         jitter=poll.duration("jitter", DEFAULT_POLL_JITTER, at_least=0.0),
         backfill=backfill,
         concurrency=poll.integer("concurrency", DEFAULT_POLL_CONCURRENCY, 1),
+        min_interval=min_interval,
+        active_for=poll.duration("active_for", DEFAULT_POLL_ACTIVE_FOR),
+        budget=budget,
     )
 
 

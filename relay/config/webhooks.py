@@ -1,4 +1,5 @@
-"""Parsing one ``[[webhooks]]`` entry: its name, URL, HMAC secrets and extra headers."""
+"""Parsing one ``[[webhooks]]`` entry: its name, URL, format, HMAC secrets (or Twilio auth
+token) and extra headers."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from relay.config.model import (
     DEFAULT_REGION,
     DEFAULT_RETRY_INITIAL,
     DEFAULT_RETRY_MAX,
+    DEFAULT_TWILIO_ACCOUNT_SID,
     DEFAULT_WEBHOOK_CONCURRENCY,
     DEFAULT_WEBHOOK_TIMEOUT,
+    EVENT_TYPES,
+    FORMAT_STANDARD,
+    FORMAT_TWILIO,
+    SMS_RECEIVED,
+    WEBHOOK_FORMATS,
     MatchConfig,
     WebhookConfig,
 )
@@ -27,8 +34,9 @@ from relay.signing import decode_secret
 MAX_WEBHOOK_CONCURRENCY = 1000
 #: Headers the relay sets on every delivery, so ``webhooks.headers`` may not.
 RESERVED_HEADERS = frozenset(
-    ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature")
-)
+    ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature",
+     "x-twilio-signature", "i-twilio-idempotency-token")
+)  # fmt: skip
 #: A header name: an HTTP token (RFC 9110).
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: A header value: visible ASCII, spaces and tabs (httpx sends header values as ASCII).
@@ -53,11 +61,12 @@ def parse_webhook(
     retry_max = hook.duration("retry_max", DEFAULT_RETRY_MAX)
     if retry_max < retry_initial:
         hook.fail("retry_max", f"must not be less than {hook.sub('retry_initial')}")
-    secrets = _webhook_secrets(hook, base)
+    fmt = hook.choice("format", WEBHOOK_FORMATS, FORMAT_STANDARD)
+    secrets = _webhook_secrets(hook, base) if fmt == FORMAT_STANDARD else _no_secret(hook, fmt)
     return WebhookConfig(
         name=name,
         url=hook.url("url", hook.text("url")),
-        secret=secrets[0],
+        secret=secrets[0] if secrets else b"",
         extra_secrets=secrets[1:],
         timeout=hook.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT),
         retry_initial=retry_initial,
@@ -72,7 +81,83 @@ def parse_webhook(
         ordering=hook.choice("ordering", ORDERINGS, "none"),
         circuit_failures=hook.integer("circuit_failures", DEFAULT_CIRCUIT_FAILURES, 0, 1_000_000),
         circuit_probe=hook.duration("circuit_probe", DEFAULT_CIRCUIT_PROBE),
+        events=_events(hook, fmt),
+        format=fmt,
+        twilio_auth_token=_twilio_token(hook, base, fmt),
+        twilio_account_sid=_twilio_account_sid(hook, fmt),
     )
+
+
+def _events(hook: Table, fmt: str) -> frozenset[str]:
+    """``events``: the event types the webhook is sent; ``["sms.received"]`` when unset.
+    A ``twilio`` webhook takes no other: Twilio's webhook is for incoming messages."""
+    if "events" not in hook.data:
+        return frozenset((SMS_RECEIVED,))
+    names = hook.strings("events") or []
+    if not names:
+        hook.fail("events", f"is empty (name at least one of {', '.join(EVENT_TYPES)})")
+    for i, name in enumerate(names):
+        if name not in EVENT_TYPES:
+            known = ", ".join(EVENT_TYPES)
+            hook.fail(f"events[{i}]", f"{show(name)} is not an event type (use {known})")
+        if fmt == FORMAT_TWILIO and name != SMS_RECEIVED:
+            hook.fail(f"events[{i}]", f'{show(name)}: format = "twilio" takes only "sms.received"')
+    return frozenset(names)
+
+
+#: The keys a ``twilio`` webhook's auth token may come from; exactly one is set.
+TWILIO_TOKEN_KEYS = ("twilio_auth_token", "twilio_auth_token_file")
+#: A Twilio auth token is 32 characters; anything much shorter is a mistake.
+MIN_TWILIO_TOKEN = 16
+#: ``twilio_account_sid``: "AC" and 32 hex digits.
+_ACCOUNT_SID_RE = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
+def _no_secret(hook: Table, fmt: str) -> tuple[bytes, ...]:
+    """No Standard Webhooks secret, for a ``fmt`` webhook: an error naming any given."""
+    for key in SECRET_KEYS:
+        if key in hook.data:
+            why = "twilio_auth_token signs it" if fmt == FORMAT_TWILIO else "it is unsigned"
+            hook.fail(key, f'is not used with format = "{fmt}" ({why})')
+    return ()
+
+
+def _twilio_token(hook: Table, base: Path, fmt: str) -> str:
+    """The key of X-Twilio-Signature, from ``twilio_auth_token`` or (read like
+    ``secret_file``) ``twilio_auth_token_file``; "" for other formats. Never shown."""
+    given = [key for key in TWILIO_TOKEN_KEYS if key in hook.data]
+    if fmt != FORMAT_TWILIO:
+        if given:
+            hook.fail(given[0], 'is only used with format = "twilio"')
+        return ""
+    if not given:
+        other = hook.sub("twilio_auth_token_file")
+        hook.fail("twilio_auth_token", f'required with format = "twilio" (or {other})')
+    if len(given) > 1:
+        names = ", ".join(hook.sub(key) for key in TWILIO_TOKEN_KEYS)
+        hook.fail(given[0], f"set exactly one of {names}")
+    (key,) = given
+    if key == "twilio_auth_token":
+        token = hook.text(key)
+    else:
+        token = _read_secret(hook, key, hook.path(key, base)).strip()
+    if not token:
+        hook.fail(key, "is empty")
+    if len(token) < MIN_TWILIO_TOKEN or not token.isprintable() or " " in token:
+        hook.fail(key, f"is not a Twilio auth token ({MIN_TWILIO_TOKEN}+ characters, no spaces)")
+    return token
+
+
+def _twilio_account_sid(hook: Table, fmt: str) -> str:
+    """``twilio_account_sid``, sent as AccountSid; a made-up one when unset."""
+    if "twilio_account_sid" not in hook.data:
+        return DEFAULT_TWILIO_ACCOUNT_SID
+    if fmt != FORMAT_TWILIO:
+        hook.fail("twilio_account_sid", 'is only used with format = "twilio"')
+    sid = hook.text("twilio_account_sid")
+    if not _ACCOUNT_SID_RE.fullmatch(sid):
+        hook.fail("twilio_account_sid", f"{show(sid)} is not AC followed by 32 hex digits")
+    return sid
 
 
 def _rate_limit(hook: Table) -> float | None:

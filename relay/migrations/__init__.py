@@ -24,7 +24,7 @@ from relay.logs import fields
 log = logging.getLogger("relay.store")
 
 #: The newest revision in ``versions/``: what a store migrated by this relay is at.
-HEAD = "0005"
+HEAD = "0009"
 #: Where Alembic finds ``env.py`` and ``versions/``.
 SCRIPT_LOCATION = Path(__file__).parent
 #: Alembic's table holding the revision a store is at.

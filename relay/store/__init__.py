@@ -11,8 +11,8 @@ its deliveries are queued in one transaction (:meth:`Store.record`), so after a 
 it is either fully recorded and queued or not seen at all.
 
 :class:`Store` is synchronous, one part per table it owns (``messages``,
-``deliveries``, ``outbound``, ``leases``, ``retention``, and ``operator`` for
-the operator commands); the daemon
+``deliveries``, ``outbound``, ``optouts``, ``leases``, ``retention``, and ``operator``
+for the operator commands); the daemon
 calls it through :class:`AsyncStore`, which runs each call on one store thread, with
 a timeout, so the event loop never blocks on I/O (what a timed-out call does is told
 there).
@@ -45,20 +45,24 @@ from relay.store.operator import (
     open_existing,
     schema_revision,
 )
+from relay.store.optouts import Optouts
 from relay.store.outbound import Outbound
 from relay.store.records import (
     DueDelivery,
+    KeywordAction,
     NumberRecord,
+    OptoutRow,
     OutboundSms,
     Outcome,
     Pruned,
+    QueuedEvent,
     Recorded,
     Reply,
     SavedPollState,
     SendOutcome,
 )
 from relay.store.retention import SETTLED_OUTBOUND, Retention
-from relay.store.schema import DEAD, DELIVERED, FAILED, PENDING, SENT, UNKNOWN
+from relay.store.schema import DEAD, DELIVERED, FAILED, PENDING, REFUSED, SENT, UNKNOWN
 
 __all__ = [
     "CLAIMABLE",
@@ -70,6 +74,7 @@ __all__ = [
     "LOOKUP_CHUNK",
     "PENDING",
     "PRIVATE_FILE_MODE",
+    "REFUSED",
     "ROUNDS_PER_LEASE",
     "SENT",
     "SETTLED_OUTBOUND",
@@ -78,12 +83,15 @@ __all__ = [
     "AsyncStore",
     "DeliveryRow",
     "DueDelivery",
+    "KeywordAction",
     "NumberRecord",
     "NumberStatus",
+    "OptoutRow",
     "OutboundSms",
     "Outcome",
     "Pruned",
     "Queue",
+    "QueuedEvent",
     "Recorded",
     "Replayed",
     "Reply",
@@ -106,5 +114,5 @@ __all__ = [
 ]
 
 
-class Store(Operator, Messages, Deliveries, Outbound, Leases, Retention):
+class Store(Operator, Messages, Deliveries, Outbound, Optouts, Leases, Retention):
     """Synchronous access to the store. One instance per process."""

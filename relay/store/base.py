@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from relay.clock import Clock
 from relay.errors import StoreError
 from relay.store.engine import create_engine, one_line, private_sqlite_files, sqlite_file
+from relay.store.records import KeywordRules
 from relay.store.schema import PENDING, UNKNOWN, circuits, deliveries, leases, outbound, relays
 
 #: At most this many ids go into one ``IN (...)`` lookup.
@@ -78,6 +79,8 @@ class StoreBase:
         )
         #: No other relay can be running on this store (SQLite, under the instance lock).
         self.alone = False
+        #: The ``[optout]`` keywords :meth:`Messages.record` applies (the daemon sets them).
+        self.keywords: KeywordRules | None = None
 
     @classmethod
     def open(

@@ -4,7 +4,6 @@ to (with the reply it asked for, in the same transaction), and the queue's figur
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from relay.store.base import StoreBase
+from relay.store.outbound import outbound_row
 from relay.store.records import DueDelivery, Outcome
 from relay.store.schema import (
     DEAD,
@@ -26,20 +26,26 @@ from relay.store.schema import (
 
 
 def _due_columns() -> sa.Select[Any]:
+    """A due delivery with its message; an outbound event (no message) gets blank message
+    fields, ``received_at`` its queueing time, and its ``data``."""
+    blank = sa.literal("")
     return sa.select(
         deliveries.c.id,
         deliveries.c.webhook,
         deliveries.c.webhook_id,
         deliveries.c.attempts,
         deliveries.c.queued_at,
-        messages.c.number,
-        messages.c.provider_id,
-        messages.c.sender,
-        messages.c.recipient,
-        messages.c.text,
-        messages.c.received_at,
+        sa.func.coalesce(messages.c.number, blank),
+        sa.func.coalesce(messages.c.provider_id, blank),
+        sa.func.coalesce(messages.c.sender, blank),
+        sa.func.coalesce(messages.c.recipient, blank),
+        sa.func.coalesce(messages.c.text, blank),
+        sa.func.coalesce(messages.c.received_at, deliveries.c.queued_at).label("received_at"),
         deliveries.c.last_attempt_at,
-    ).join(messages, messages.c.id == deliveries.c.message_id)
+        deliveries.c.event,
+        deliveries.c.data,
+        messages.c.keyword,
+    ).outerjoin(messages, messages.c.id == deliveries.c.message_id)
 
 
 def _save_outcome() -> sa.Update:
@@ -99,8 +105,10 @@ class Deliveries(StoreBase):
 
     @functools.cached_property
     def _queue_reply(self) -> Any:
-        """Queue a reply, at most one per delivery (this dialect's ``ON CONFLICT``)."""
-        return self.insert(outbound).on_conflict_do_nothing(index_elements=[outbound.c.delivery_id])
+        """Queue a reply, each part at most once per delivery (this dialect's ``ON CONFLICT``)."""
+        return self.insert(outbound).on_conflict_do_nothing(
+            index_elements=[outbound.c.delivery_id, outbound.c.part]
+        )
 
     def claim(self, webhook: str, limit: int, *, in_order: bool = False) -> list[DueDelivery]:
         """Claim up to ``limit`` due deliveries to ``webhook`` for this relay, oldest first;
@@ -147,8 +155,8 @@ class Deliveries(StoreBase):
     def save_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Write back a batch of attempt results in one transaction, releasing their claims.
 
-        A reply that came with a 2xx is queued in the same transaction, at most
-        once per delivery: a repeated delivery's reply is ignored.
+        The replies that came with a 2xx are queued in the same transaction, each at
+        most once per delivery: a repeated delivery's replies are ignored.
         """
         if not outcomes:
             return
@@ -165,19 +173,18 @@ class Deliveries(StoreBase):
             for o in outcomes
         ]
         replies = [
-            {
-                "kind": "reply",
-                "delivery_id": o.delivery_id,
-                "sender": o.reply.sender,
-                "recipients": json.dumps([o.reply.recipient]),
-                "text": o.reply.text,
-                "disclaimer": o.reply.disclaimer,
-                "state": PENDING,
-                "queued_at": o.attempted_at,
-                "next_attempt_at": o.attempted_at,
-            }
+            outbound_row(
+                "reply",
+                reply.sender,
+                [reply.recipient],
+                reply.text,
+                reply.disclaimer,
+                o.attempted_at,
+                delivery_id=o.delivery_id,
+                part=part,
+            )
             for o in outcomes
-            if o.reply is not None
+            for part, reply in enumerate(o.replies)
         ]
         with self.engine.begin() as conn:
             conn.execute(SAVE_OUTCOME, rows)

@@ -5,15 +5,32 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from relay.inbound import InboundMessage
 from relay.store.base import LOOKUP_CHUNK, StoreBase
-from relay.store.records import NumberRecord, Recorded, SavedPollState
-from relay.store.schema import PENDING, UtcDateTime, deliveries, messages, numbers
+from relay.store.outbound import outbound_row
+from relay.store.records import (
+    KeywordAction,
+    KeywordRules,
+    NumberRecord,
+    Recorded,
+    SavedPollState,
+)
+from relay.store.schema import (
+    PENDING,
+    UtcDateTime,
+    deliveries,
+    messages,
+    numbers,
+    optouts,
+    outbound,
+)
 
 
 def webhook_id(number: str, provider_id: str, webhook: str) -> str:
@@ -26,11 +43,56 @@ def webhook_id(number: str, provider_id: str, webhook: str) -> str:
     return f"msg_{digest[:32]}"
 
 
+def _keyword(action: KeywordAction | None) -> str | None:
+    return None if action is None else action.keyword
+
+
 def _poll_columns(state: SavedPollState) -> dict[str, Any]:
     """The columns of ``state`` (all but the number)."""
-    columns = dataclasses.asdict(state)
+    columns = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
     del columns["number"]
+    columns["awaiting_details"] = _awaiting_json(columns.pop("awaiting"))
     return columns
+
+
+def _awaiting_json(messages: Sequence[InboundMessage]) -> str | None:
+    """``numbers.awaiting_details`` for ``messages`` (None: none)."""
+    if not messages:
+        return None
+    return json.dumps(
+        [
+            {
+                "id": m.id,
+                "sender": m.sender,
+                "to": m.recipient,
+                "text": m.text,
+                "received_at": m.received_at.isoformat(),
+            }
+            for m in messages
+        ],
+        ensure_ascii=False,
+    )
+
+
+def _awaiting(value: str | None) -> tuple[InboundMessage, ...]:
+    """The messages of ``numbers.awaiting_details``; what cannot be read is left out
+    (the column is the relay's own, so that only happens to a hand-edited store)."""
+    if not value:
+        return ()
+    try:
+        items = json.loads(value)
+        return tuple(
+            InboundMessage(
+                str(item["id"]),
+                item["sender"],
+                str(item["to"]),
+                item["text"],
+                datetime.fromisoformat(item["received_at"]),
+            )
+            for item in items
+        )
+    except (ValueError, TypeError, KeyError):
+        return ()
 
 
 class Messages(StoreBase):
@@ -64,9 +126,18 @@ class Messages(StoreBase):
                     n.longest_listing,
                     n.gap_since,
                     n.gaps,
+                    n.awaiting_details,
                 ).where(n.number.in_(chunk))
                 for row in conn.execute(query):
-                    found[row.number] = NumberRecord(*row[1:])
+                    found[row.number] = NumberRecord(
+                        configured_at=row.configured_at,
+                        first_polled_at=row.first_polled_at,
+                        last_success_at=row.last_success_at,
+                        longest_listing=row.longest_listing,
+                        gap_since=row.gap_since,
+                        gaps=row.gaps,
+                        awaiting=_awaiting(row.awaiting_details),
+                    )
         return found
 
     def known_numbers(self) -> set[str]:
@@ -97,14 +168,19 @@ class Messages(StoreBase):
         number: str,
         new: Sequence[InboundMessage],
         targets: Callable[[InboundMessage], Sequence[str]],
+        keywords: KeywordRules | None = None,
     ) -> Recorded:
         """Record ``new`` messages of ``number`` as seen and queue their deliveries.
 
-        One transaction: the number's first-poll mark, the messages, and one
-        pending delivery per webhook that ``targets(message)`` names. A message
-        already recorded (by an earlier poll or another relay) is left alone,
-        and gets no second set of deliveries.
+        One transaction: the number's first-poll mark, the messages, one pending
+        delivery per webhook that ``targets(message)`` names, and what each keyword
+        message asks (``keywords``: its keyword, the sender's opt-out or opt-in, a
+        confirmation), applied in provider order; without ``keywords``, the store's own
+        (:attr:`keywords`, set by the daemon from ``[optout]``). A message already
+        recorded (by an earlier poll or another relay) is left alone, and gets no second
+        set of deliveries nor a second confirmation.
         """
+        keywords = keywords if keywords is not None else self.keywords
         now = self.clock.now()
         with self.engine.begin() as conn:
             conn.execute(
@@ -123,6 +199,12 @@ class Messages(StoreBase):
             )
             if not new:
                 return Recorded(0, 0)
+            actions: dict[str, KeywordAction] = {}
+            if keywords is not None:
+                for m in new:
+                    action = keywords(number, m)
+                    if action is not None:
+                        actions[m.id] = action
             rows = [
                 {
                     "number": number,
@@ -132,6 +214,7 @@ class Messages(StoreBase):
                     "text": m.text or "",
                     "received_at": m.received_at,
                     "seen_at": now,
+                    "keyword": _keyword(actions.get(m.id)),
                 }
                 for m in new
             ]
@@ -157,7 +240,31 @@ class Messages(StoreBase):
             ]
             if queued:
                 conn.execute(deliveries.insert(), queued)
+            acted = [m for m in new if m.id in inserted and m.id in actions]
+            for m in sorted(acted, key=lambda m: (m.received_at, inserted[m.id])):
+                self._apply_keyword(conn, number, m, actions[m.id], now)
         return Recorded(len(inserted), len(queued))
+
+    def _apply_keyword(
+        self, conn: sa.Connection, number: str, m: InboundMessage, act: KeywordAction, now: datetime
+    ) -> None:
+        """The opt-out, opt-in and confirmation one keyword message asks for."""
+        sender = m.sender or ""
+        if act.opt_out:
+            conn.execute(
+                self.insert(optouts)
+                .values(number=number, sender=sender, created_at=now, source="keyword")
+                .on_conflict_do_nothing(index_elements=[optouts.c.number, optouts.c.sender])
+            )
+        if act.opt_in:
+            conn.execute(
+                optouts.delete().where(optouts.c.number == number, optouts.c.sender == sender)
+            )
+        if act.confirm is not None:
+            confirmation = outbound_row(
+                act.confirm_kind, number, [sender], act.confirm, act.disclaimer, now
+            )
+            conn.execute(outbound.insert().values(confirmation))
 
     def record_failure(self, number: str, error: str) -> None:
         """Note a failed poll of ``number`` (for ``status``). A number never polled
@@ -198,6 +305,7 @@ class Messages(StoreBase):
                 gap_since=sa.bindparam("gap_since", type_=UtcDateTime()),
                 gaps=sa.bindparam("gaps"),
                 unresolved=sa.bindparam("unresolved"),
+                awaiting_details=sa.bindparam("awaiting_details"),
             )
         )
         with self.engine.begin() as conn:

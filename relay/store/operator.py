@@ -112,7 +112,12 @@ class DeliveryRow:
     delivered_at: datetime | None
     last_status: int | None
     last_error: str | None
-    reply: ReplyRow | None
+    #: The SMS its 2xx asked to send back, in order (several for a TwiML answer).
+    replies: tuple[ReplyRow, ...]
+    #: The event it carries; an outbound event (``sms.sent``, ``sms.failed``) has no
+    #: message (``number`` and ``provider_id`` are blank) but the SMS it tells of.
+    event: str = "sms.received"
+    outbound_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -210,16 +215,14 @@ class Operator(Outbound):
         query = (
             sa.select(
                 *(d[name] for name in ("id", "webhook", "state", "attempts", "webhook_id")),
-                messages.c.number,
-                messages.c.provider_id,
+                sa.func.coalesce(messages.c.number, "").label("number"),
+                sa.func.coalesce(messages.c.provider_id, "").label("provider_id"),
                 *(d[name] for name in ("queued_at", "next_attempt_at", "last_attempt_at")),
                 *(d[name] for name in ("delivered_at", "last_status", "last_error")),
-                outbound.c.id.label("reply_id"),
-                outbound.c.state.label("reply_state"),
-                outbound.c.provider_ids,
+                d.event,
+                d.outbound_id,
             )
-            .join(messages, messages.c.id == d.message_id)
-            .outerjoin(outbound, outbound.c.delivery_id == d.id)
+            .outerjoin(messages, messages.c.id == d.message_id)
             .order_by(d.id.desc())
             .limit(limit)
         )
@@ -227,16 +230,23 @@ class Operator(Outbound):
             query = query.where(d.state == state)
         if webhook is not None:
             query = query.where(d.webhook == webhook)
+        o = outbound.c
+        replies: dict[int, list[ReplyRow]] = {}
         with self.engine.connect() as conn:
             rows = list(conn.execute(query))
-        replies = {
-            row.id: ReplyRow(
-                row.reply_id, row.reply_state, tuple(json.loads(row.provider_ids or "[]"))
-            )
-            for row in rows
-            if row.reply_id is not None
-        }
-        return [DeliveryRow(*(*row[:13], replies.get(row.id))) for row in rows]
+            ids = [row.id for row in rows]
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                asked = (
+                    sa.select(o.delivery_id, o.id, o.state, o.provider_ids)
+                    .where(o.delivery_id.in_(ids[start : start + LOOKUP_CHUNK]))
+                    .order_by(o.delivery_id, o.part)
+                )
+                for r in conn.execute(asked):
+                    provider_ids = tuple(json.loads(r.provider_ids or "[]"))
+                    replies.setdefault(r.delivery_id, []).append(
+                        ReplyRow(r.id, r.state, provider_ids)
+                    )
+        return [DeliveryRow(**row._mapping, replies=tuple(replies.get(row.id, ()))) for row in rows]
 
     def has_deliveries(self, webhook: str) -> bool:
         """Whether any delivery to ``webhook`` is in the self."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from relay.store.schema import DeliveryState, OutboundState
+
+if TYPE_CHECKING:
+    from relay.inbound import InboundMessage
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,8 @@ class NumberRecord:
     longest_listing: int
     gap_since: datetime | None
     gaps: int
+    #: Listed messages still waiting for their details, as listed.
+    awaiting: tuple[InboundMessage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,41 @@ class SavedPollState:
     gap_since: datetime | None
     gaps: int
     unresolved: int
+    #: Listed messages still waiting for their details, as listed (written as given).
+    awaiting: tuple[InboundMessage, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeywordAction:
+    """What an inbound keyword message asks of the store, in the transaction that
+    records it (see :mod:`relay.optout`)."""
+
+    #: "stop", "start" or "help": kept with the message, sent as ``data.keyword``.
+    keyword: str
+    #: Record an opt-out of the sender from the number.
+    opt_out: bool = False
+    #: Remove the sender's opt-out from the number.
+    opt_in: bool = False
+    #: A confirmation to queue for the sender; None: none.
+    confirm: str | None = None
+    #: The confirmation's outbound kind (a STOP's may go to an opted-out sender).
+    confirm_kind: str = "keyword"
+    disclaimer: bool = False
+
+
+#: What an inbound message on a number asks of the store as it is recorded (see
+#: :class:`relay.optout.Keywords`): None for an ordinary message.
+KeywordRules = Callable[[str, "InboundMessage"], KeywordAction | None]
+
+
+@dataclass(frozen=True)
+class OptoutRow:
+    """One opt-out, for ``optouts list``."""
+
+    number: str
+    sender: str
+    created_at: datetime
+    source: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +92,8 @@ class Pruned:
 
     messages: int
     outbound: int
+    #: Outbound events' deliveries (``sms.sent``, ``sms.failed``).
+    events: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +112,13 @@ class DueDelivery:
     text: str
     received_at: datetime
     last_attempt_at: datetime | None = None
+    #: The event type; for any but ``sms.received`` the message fields are blank
+    #: (``received_at`` is when the event was queued) and ``data`` holds the event.
+    event: str = "sms.received"
+    #: An outbound event's ``data``, JSON.
+    data: str | None = None
+    #: "stop", "start" or "help" when the message's text was an ``[optout]`` keyword.
+    keyword: str | None = None
 
     @property
     def replayed(self) -> bool:
@@ -95,7 +146,8 @@ class Outcome:
     next_attempt_at: datetime | None = None
     status: int | None = None
     error: str | None = None
-    reply: Reply | None = None
+    #: The SMS a 2xx answer asked to send back, in order (one per TwiML ``<Message>``).
+    replies: tuple[Reply, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +162,19 @@ class OutboundSms:
     disclaimer: bool
     attempts: int
     queued_at: datetime
+    #: For a reply: the ``webhook-id`` of the delivery whose answer asked for it.
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    """An outbound event for one webhook, queued with the outcome it tells of."""
+
+    webhook: str
+    webhook_id: str
+    event: str
+    #: The event's ``data``, JSON.
+    data: str
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
 DEAD: Final = "dead"
 
-OutboundState = Literal["pending", "sent", "failed", "unknown"]
+OutboundState = Literal["pending", "sent", "failed", "unknown", "refused"]
 SENT: Final = "sent"
 FAILED: Final = "failed"
 UNKNOWN: Final = "unknown"
+#: Not sent: every recipient had opted out of SMS from its sender (STOP).
+REFUSED: Final = "refused"
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
@@ -64,6 +66,8 @@ messages = sa.Table(
     sa.Column("text", sa.Text(), nullable=False),
     sa.Column("received_at", UtcDateTime(), nullable=False),
     sa.Column("seen_at", UtcDateTime(), nullable=False),
+    #: "stop", "start" or "help" when the whole text was an ``[optout]`` keyword (0007).
+    sa.Column("keyword", sa.String(16)),
     sa.UniqueConstraint("number", "provider_id", name="uq_messages_number_provider_id"),
     sa.Index("ix_messages_received_at", "received_at"),
     sa.Index("ix_messages_sender", "number", "sender", "received_at"),
@@ -90,13 +94,16 @@ numbers = sa.Table(
     sa.Column("gaps", sa.Integer(), nullable=False, server_default="0"),
     #: Listed messages whose details could not be had for longer than the relay waits.
     sa.Column("unresolved", sa.Integer(), nullable=False, server_default="0"),
+    #: JSON: listed messages still waiting for their details, as listed (migration 0008).
+    sa.Column("awaiting_details", sa.Text()),
 )
 
 deliveries = sa.Table(
     "deliveries",
     metadata,
     sa.Column("id", _ID, primary_key=True),
-    sa.Column("message_id", _ID, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    #: The message it carries; NULL for an outbound event (``outbound_id`` and ``data``).
+    sa.Column("message_id", _ID, sa.ForeignKey("messages.id", ondelete="CASCADE")),
     sa.Column("webhook", sa.String(64), nullable=False),
     sa.Column("webhook_id", sa.String(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -109,7 +116,14 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text()),
     sa.Column("claimed_by", sa.String(64)),
     sa.Column("claim_expires_at", UtcDateTime()),
+    #: The event type (``sms.received``, ``sms.sent``, ``sms.failed``; migration 0006).
+    sa.Column("event", sa.String(32), nullable=False, server_default="sms.received"),
+    #: An outbound event's SMS (no foreign key: the event outlives the SMS's row).
+    sa.Column("outbound_id", _ID),
+    #: An outbound event's ``data``, JSON, as it was when the outcome was recorded.
+    sa.Column("data", sa.Text()),
     sa.UniqueConstraint("message_id", "webhook", name="uq_deliveries_message_webhook"),
+    sa.UniqueConstraint("outbound_id", "event", "webhook", name="uq_deliveries_outbound_event"),
     sa.Index("ix_deliveries_due", "webhook", "state", "next_attempt_at"),
     sa.Index("ix_deliveries_claimed_by", "claimed_by"),
 )
@@ -152,7 +166,9 @@ outbound = sa.Table(
     sa.Column("last_error", sa.Text()),
     sa.Column("claimed_by", sa.String(64)),
     sa.Column("claim_expires_at", UtcDateTime()),
-    sa.UniqueConstraint("delivery_id", name="uq_outbound_delivery"),
+    #: Which of its delivery's replies this is (one per TwiML ``<Message>``); 0 otherwise.
+    sa.Column("part", sa.Integer(), nullable=False, server_default="0"),
+    sa.UniqueConstraint("delivery_id", "part", name="uq_outbound_delivery_part"),
     sa.Index("ix_outbound_due", "state", "next_attempt_at"),
 )
 
@@ -163,4 +179,15 @@ circuits = sa.Table(
     sa.Column("relay_id", sa.String(64), nullable=False),
     sa.Column("opened_at", UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint("webhook", "relay_id", name="pk_circuits"),
+)
+
+optouts = sa.Table(
+    "optouts",
+    metadata,
+    sa.Column("number", sa.String(32), nullable=False),
+    sa.Column("sender", sa.String(32), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    #: How: "keyword" (an inbound STOP) or "cli" (``aatrox-relay optouts add``).
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.PrimaryKeyConstraint("number", "sender", name="pk_optouts"),
 )

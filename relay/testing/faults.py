@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -82,3 +83,33 @@ async def _padded_array(size: int) -> AsyncIterator[bytes]:
         remaining -= len(piece)
         yield piece
     yield b"]"
+
+
+class RateLimit:
+    """A provider's per-token rate limit: ``per_second`` requests a second on average, up to
+    a second's worth at once; past it, :meth:`admit` says how long until the next one."""
+
+    def __init__(self, per_second: float) -> None:
+        if not per_second > 0:
+            msg = f"per_second: {per_second} is not a positive rate"
+            raise ValueError(msg)
+        self.per_second = per_second
+        #: Per token: tokens left and when they were counted (monotonic seconds).
+        self._buckets: dict[bytes, tuple[float, float]] = {}
+
+    def admit(self, token: bytes, now: float) -> float:
+        """0.0 when a request with ``token`` may go through now (it is counted); else the
+        seconds until one may (the request is not counted)."""
+        rate = self.per_second
+        tokens, stamp = self._buckets.get(token, (rate, now))
+        tokens = min(rate, tokens + (now - stamp) * rate)
+        if tokens < 1.0:
+            self._buckets[token] = (tokens, now)
+            return (1.0 - tokens) / rate
+        self._buckets[token] = (tokens - 1.0, now)
+        return 0.0
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value for a wait of ``seconds``: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))

@@ -3,7 +3,8 @@
 It verifies every delivery's Standard Webhooks signature as it arrives, records it, and
 answers by the queued :class:`Rule` (204 when none is queued): so tests can make a
 consumer fail, stall or reset the connection, count what arrived, and wait (on events,
-not by polling) until given numbers of messages were delivered.
+not by polling) until given numbers of messages were delivered. Given a :data:`Check`,
+it verifies requests of another format (``twilio``, ``slack``) that way instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from relay.signing import verify
 from relay.testing.served import Served
 
 DEFAULT_WAIT_TIMEOUT = 10.0
+
+#: A consumer's own check of a request that is no Standard Webhook (a ``twilio`` or
+#: ``slack`` delivery): the delivery's id (what :meth:`WebhookReceiver.unique_ids` and
+#: :meth:`WebhookReceiver.wait_for` count) and None, or why the request does not verify.
+Check = Callable[[Request], tuple[str, str | None]]
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,15 @@ class WebhookReceiver(Served):
     """An HTTP server that accepts Standard Webhooks signed with ``secret``."""
 
     def __init__(
-        self, secret: bytes, *, on_delivery: Callable[[Delivery], None] | None = None
+        self,
+        secret: bytes,
+        *,
+        on_delivery: Callable[[Delivery], None] | None = None,
+        check: Check | None = None,
     ) -> None:
         self._secret = secret
+        #: Verifies each request in place of the Standard Webhooks signature and JSON body.
+        self._check = check
         self._on_delivery = on_delivery
         self._rules: list[_PendingRule] = []
         self._verified_ids: set[str] = set()
@@ -175,6 +187,9 @@ class WebhookReceiver(Served):
             self.in_flight -= 1
 
     def _record(self, request: Request, status: int) -> Delivery:
+        if self._check is not None:
+            webhook_id, problem = self._check(request)
+            return self._add(request, status, webhook_id, 0, {}, problem)
         headers = request.headers
         error: str | None = None
         try:
@@ -194,10 +209,21 @@ class WebhookReceiver(Served):
             timestamp = int(headers.get("webhook-timestamp", "0"))
         except ValueError:
             timestamp = 0
+        return self._add(request, status, headers.get("webhook-id", ""), timestamp, payload, error)
+
+    def _add(
+        self,
+        request: Request,
+        status: int,
+        webhook_id: str,
+        timestamp: int,
+        payload: dict[str, object],
+        error: str | None,
+    ) -> Delivery:
         delivery = Delivery(
-            webhook_id=headers.get("webhook-id", ""),
+            webhook_id=webhook_id,
             timestamp=timestamp,
-            headers=headers,
+            headers=request.headers,
             body=request.body,
             payload=payload,
             verified=error is None,

@@ -18,7 +18,10 @@ Control endpoints, without auth, answered only to loopback clients (403 otherwis
                           object) -> 201 {"pending": n}
     PUT  /_sim/wire       some of WireFormat's fields, merged into the current format
     PUT  /_sim/token      {"token"}: the token the API accepts from now on (rotation)
-    GET  /_sim/stats      {"requests": {endpoint: count}, "messages", "sent", "faults"}
+    PUT  /_sim/rate_limit {"per_second": N or null}: answer 429 (with Retry-After) to a
+                          token's requests past N a second (:class:`RateLimit`)
+    GET  /_sim/stats      {"requests": {endpoint: count}, "messages", "sent", "faults",
+                          "limited"}
 
 Inject a message from a shell::
 
@@ -46,7 +49,7 @@ from relay.errors import ApiInvalidResponse
 from relay.http import DEFAULT_HOST, Request, Response, json_response
 from relay.inbound import parse_timestamp
 from relay.phone import normalise
-from relay.testing.faults import Fault, PendingFault, fault_response
+from relay.testing.faults import Fault, PendingFault, RateLimit, fault_response, retry_after
 from relay.testing.payloads import (
     BadInput,
     fault_from_json,
@@ -121,6 +124,9 @@ class Simulator(Served):
         self.polls: Counter[str] = Counter()
         #: Seconds every ``GET /sms/{id}`` takes before it answers (a slow details API).
         self.details_delay = 0.0
+        #: The per-token rate limit, when there is one; its 429s are counted in ``limited``.
+        self.rate_limit: RateLimit | None = None
+        self.limited = 0
 
     # --- settings ----------------------------------------------------------
 
@@ -233,6 +239,12 @@ class Simulator(Served):
             return json_response(
                 {"error": "unauthorized"}, 401, [("WWW-Authenticate", 'Bearer realm="aatrox"')]
             )
+        if self.rate_limit is not None:
+            wait = self.rate_limit.admit(auth, self._clock.monotonic())
+            if wait:
+                self.limited += 1
+                headers = [("Retry-After", retry_after(wait))]
+                return json_response({"error": "rate limit exceeded"}, 429, headers)
         try:
             if endpoint == "receive":
                 self.polls[request.query.get("to", "")] += 1
@@ -350,6 +362,15 @@ class Simulator(Served):
                 raise BadInput("token: must not be empty")
             self.token = token
             return Response(status=204)
+        if route == ("PUT", "rate_limit"):
+            per_second = json_object(request.body).get("per_second")
+            if per_second is not None and not isinstance(per_second, int | float):
+                raise BadInput("per_second: must be a number or null")
+            try:
+                self.rate_limit = None if per_second is None else RateLimit(float(per_second))
+            except ValueError as exc:
+                raise BadInput(str(exc)) from None
+            return Response(status=204)
         if route == ("GET", "stats"):
             return json_response(
                 {
@@ -358,6 +379,7 @@ class Simulator(Served):
                     "messages": len(self._messages),
                     "sent": len(self.sent),
                     "faults": self.pending_faults,
+                    "limited": self.limited,
                 }
             )
         return json_response({"error": "no such control endpoint"}, 404)
