@@ -12,8 +12,9 @@ request of the relay (:class:`~relay.api.AatroxClient` takes it):
   with anything but 429) over the last :data:`WINDOW` outside a pause, or of what was
   granted when it admitted nothing, or of the rate in force when a 429 comes right after
   a pause (multiplicative decrease; once per :data:`COOLDOWN`, since the answers of
-  requests already in flight say nothing new). The rate then grows by a twentieth of
-  the cut rate each second (additive increase) back to the ceiling; without a ceiling,
+  requests already in flight say nothing new). The rate then grows each second by a
+  twentieth of the cut rate, and by at least :data:`MIN_INCREASE` (additive increase),
+  back to the ceiling; without a ceiling,
   back to no limit once it has grown :data:`FORGET_GROWTH` times past the cut.
 - **Priority**: sends and details fetches (:meth:`Budget.urgent`) go before polls: a
   reply does not wait behind them. Waiting polls go by how late they are for their
@@ -45,8 +46,10 @@ BURST_SECONDS = 0.25
 DECREASE = 0.5
 #: Each second after a cut (and its pause), the rate grows by this share of the cut rate...
 INCREASE_SHARE = 0.05
-#: ...but by at least this many requests a second.
-MIN_INCREASE = 0.1
+#: ...but by at least this many requests a second: a few 429s that cut a quiet relay
+#: to the floor must not leave it there for a minute (at 0.1, three of them kept one at
+#: 1.4 requests a second for 40 s while 70 messages waited for their details).
+MIN_INCREASE = 1.0
 #: The rate is never cut below this many requests a second.
 MIN_RATE = 0.5
 #: How long a rate is measured over, seconds back from a 429.

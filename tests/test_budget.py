@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from relay.api import AatroxClient
-from relay.budget import COOLDOWN, DEFAULT_PAUSE, FORGET_GROWTH, MIN_RATE, Budget, latest
+from relay.budget import (
+    COOLDOWN,
+    DEFAULT_PAUSE,
+    FORGET_GROWTH,
+    INCREASE_SHARE,
+    MIN_INCREASE,
+    MIN_RATE,
+    Budget,
+    latest,
+)
 from relay.clock import SystemClock
 from relay.config import ApiConfig, NumberConfig, TokenSource
 from relay.errors import ApiRateLimited
@@ -72,8 +81,9 @@ def test_a_429_pauses_for_retry_after_and_halves_the_rate(clock: FakeClock) -> N
     clock.advance(3.0)
     assert budget.rate() == 16.0  # growth starts when the pause ends
     clock.advance(10.0)
-    assert budget.rate() == 16.0 + 10.0 * 0.8  # a twentieth of 16, a second
-    clock.advance(94.9)
+    step = max(MIN_INCREASE, 16.0 * INCREASE_SHARE)  # a twentieth of 16, at least 1, a second
+    assert budget.rate() == 16.0 + 10.0 * step
+    clock.advance((100.0 - 16.0) / step - 10.0 - 0.1)
     assert budget.rate() < 100.0
     clock.advance(0.2)
     assert budget.rate() == 100.0  # back at the budget: the cut is forgotten
@@ -137,9 +147,25 @@ def test_without_a_budget_the_limit_learnt_is_forgotten(clock: FakeClock) -> Non
     _granted(budget, clock, 1.0, step=1 / 16)  # 16/s
     budget.throttled(1.0)
     assert budget.rate() == 8.0
-    clock.advance(1.0 + (FORGET_GROWTH - 1) * 8.0 / 0.4 - 0.1)
+    step = max(MIN_INCREASE, 8.0 * INCREASE_SHARE)
+    clock.advance(1.0 + (FORGET_GROWTH - 1) * 8.0 / step - 0.1)
     assert budget.rate() is not None
     clock.advance(0.2)
+    assert budget.rate() is None
+
+
+def test_a_quiet_relay_cut_three_times_recovers_within_seconds(clock: FakeClock) -> None:
+    """Three 429s a second apart cut a relay making 11 requests a second to 1.4/s (chaos
+    seed 21); without a budget it is unlimited again within 5 s of the last pause, not
+    the 40 s a growth of 0.1/s a second took while details fetches waited."""
+    budget = Budget(None, clock)
+    _granted(budget, clock, 1.0, step=1 / 11)
+    for _ in range(3):
+        budget.throttled(None)
+        clock.advance(DEFAULT_PAUSE)
+    cut = budget.rate()
+    assert cut is not None and cut < 1.5
+    clock.advance(5.0)
     assert budget.rate() is None
 
 
