@@ -15,12 +15,11 @@ numbers were served a poll.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 from bench.procs import BenchError, Forwarder, Peers
-from bench.runs import LISTING_LIMIT, STARTUP_TIMEOUT, Settings
+from bench.runs import LISTING_LIMIT, STARTUP_TIMEOUT, Settings, percentile
 from bench.stores import numbers, write_config
 
 CONVERSATION_NUMBERS = 1000
@@ -53,10 +52,7 @@ class Conversations:
 
     def percentile(self, q: float) -> float:
         """The q-quantile of the later messages' latencies; undelivered count as infinite."""
-        if not self.said:
-            return math.inf
-        ordered = sorted(self.latencies) + [math.inf] * (self.said - len(self.latencies))
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+        return percentile(self.latencies, self.said, q)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,15 @@ class Startup:
         return self.all_polled - (self.ready or 0.0)
 
 
+def percentile(latencies: list[float], expected: int, q: float) -> float:
+    """The q-quantile of ``latencies`` of ``expected`` messages; those undelivered (the
+    ones ``latencies`` lacks) count as infinite."""
+    if not expected:
+        return math.inf
+    ordered = sorted(latencies) + [math.inf] * (expected - len(latencies))
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
 @dataclass(frozen=True)
 class Latency:
     """One steady-traffic run."""
@@ -117,10 +126,7 @@ class Latency:
 
     def percentile(self, q: float) -> float:
         """The q-quantile of message-to-webhook times; undelivered messages count as infinite."""
-        if not self.injected:
-            return math.inf
-        ordered = sorted(self.latencies) + [math.inf] * (self.injected - len(self.latencies))
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+        return percentile(self.latencies, self.injected, q)
 
 
 def run_burst(

@@ -421,6 +421,25 @@ async def running(relay: Relay) -> AsyncIterator[None]:
         await task
 
 
+async def until_sent(
+    sim: Simulator, count: int, *, more_polls: int = 0, timeout: float = 15.0
+) -> None:
+    """Wait until the simulator has been asked to send ``count`` SMS, then for
+    ``more_polls`` more polls: time for one SMS too many to show."""
+    async with time_limit(timeout):
+        while len(sim.sent) < count:
+            await asyncio.sleep(0.05)
+        polls = sim.requests["receive"]
+        while sim.requests["receive"] < polls + more_polls:
+            await asyncio.sleep(0.05)
+
+
+async def run_for_replies(relay: Relay, sim: Simulator, count: int) -> None:
+    """Run the relay until ``count`` sends reached the simulator, then four more polls."""
+    async with running(relay):
+        await until_sent(sim, count, more_polls=4)
+
+
 async def replies_survive_sigkill(
     relay: RelayProcess, sim: Simulator, receiver: WebhookReceiver, per_message: int = 1
 ) -> None:
@@ -439,10 +458,5 @@ async def replies_survive_sigkill(
     await relay.kill()
     sim.clear_faults()
     await relay.start()
-    async with time_limit(30):
-        while len(sim.sent) < 3 * per_message:
-            await asyncio.sleep(0.05)
-    polls = sim.requests["receive"]
-    while sim.requests["receive"] < polls + 6:
-        await asyncio.sleep(0.05)
+    await until_sent(sim, 3 * per_message, more_polls=6, timeout=30)
     assert await relay.terminate() == 0

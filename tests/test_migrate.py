@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -146,15 +148,24 @@ def _reply_of_a_delivery(conn: sa.Connection) -> None:
     )
 
 
-def test_0006_keeps_every_delivery_and_every_replys_link_to_its_delivery(store_url: str) -> None:
-    """Rebuilding ``deliveries`` for outbound events (0006) keeps its rows and the replies'
-    ``delivery_id`` (on SQLite, dropping the old table would null them: ON DELETE SET NULL)."""
+@contextmanager
+def _migrated_from(store_url: str, revision: str) -> Iterator[Store]:
+    """A store at ``revision`` holding :func:`_reply_of_a_delivery`, migrated to HEAD."""
     store = Store.open(store_url, SystemClock(), migrate=False)
     try:
         with store.engine.begin() as conn:
-            _upgrade_to(conn, "0005")
+            _upgrade_to(conn, revision)
             _reply_of_a_delivery(conn)
         assert store.migrate() is True
+        yield store
+    finally:
+        store.close()
+
+
+def test_0006_keeps_every_delivery_and_every_replys_link_to_its_delivery(store_url: str) -> None:
+    """Rebuilding ``deliveries`` for outbound events (0006) keeps its rows and the replies'
+    ``delivery_id`` (on SQLite, dropping the old table would null them: ON DELETE SET NULL)."""
+    with _migrated_from(store_url, "0005") as store:
         with store.engine.connect() as conn:
             assert revision(conn) == HEAD
             row = conn.execute(
@@ -163,25 +174,18 @@ def test_0006_keeps_every_delivery_and_every_replys_link_to_its_delivery(store_u
             link = conn.execute(sa.text("SELECT delivery_id FROM outbound WHERE id = 5")).scalar()
         assert tuple(row) == (7, "msg_x", "sms.received", None)
         assert link == 11
-    finally:
-        store.close()
 
 
 def test_0009_makes_a_reply_part_0_and_lets_a_delivery_have_more(store_url: str) -> None:
     """After 0009 (``outbound`` rebuilt on SQLite) an existing reply is part 0 of its
     delivery, still linked to it; a second part may join it, a repeated part may not; and
     deleting the delivery still only unlinks its replies (ON DELETE SET NULL kept)."""
-    store = Store.open(store_url, SystemClock(), migrate=False)
     more = sa.text(
         "INSERT INTO outbound (kind, delivery_id, part, sender, recipients, text, state,"
         " queued_at, next_attempt_at) VALUES ('reply', 11, :part, '+61400000001', '[]', 'more',"
         " 'pending', '2026-12-01 00:00:02', '2026-12-01 00:00:02')"
     )
-    try:
-        with store.engine.begin() as conn:
-            _upgrade_to(conn, "0008")
-            _reply_of_a_delivery(conn)
-        assert store.migrate() is True
+    with _migrated_from(store_url, "0008") as store:
         with store.engine.begin() as conn:
             assert conn.execute(sa.text("SELECT delivery_id, part FROM outbound")).all() == [
                 (11, 0)
@@ -193,5 +197,3 @@ def test_0009_makes_a_reply_part_0_and_lets_a_delivery_have_more(store_url: str)
             conn.execute(sa.text("DELETE FROM deliveries WHERE id = 11"))
             links = conn.execute(sa.text("SELECT delivery_id FROM outbound ORDER BY id")).all()
         assert links == [(None,), (None,)]
-    finally:
-        store.close()

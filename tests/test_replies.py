@@ -19,6 +19,7 @@ from tests.support import (
     RelayProcess,
     relay_config,
     replies_survive_sigkill,
+    run_for_replies,
     time_limit,
     write_config,
 )
@@ -29,27 +30,6 @@ pytestmark = pytest.mark.anyio
 def reply(body: object, times: int | None = None) -> Rule:
     """A 200 answer carrying ``body`` as JSON."""
     return Rule(status=200, body=json.dumps(body).encode(), times=times)
-
-
-async def until_sent(sim: Simulator, count: int, timeout: float = 15.0) -> None:
-    """Wait until the simulator has been asked to send ``count`` SMS."""
-    async with time_limit(timeout):
-        while len(sim.sent) < count:
-            await asyncio.sleep(0.05)
-
-
-async def run_for_replies(relay: Relay, sim: Simulator, count: int) -> None:
-    """Run the relay until ``count`` sends reached the simulator, then a little longer."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        await until_sent(sim, count)
-        polls = sim.requests["receive"]
-        while sim.requests["receive"] < polls + 4:  # time for a wrong second reply to show
-            await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await task
 
 
 @pytest.mark.parametrize(

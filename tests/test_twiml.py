@@ -4,7 +4,6 @@ safely, sends nothing and the message still counts as delivered."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import random
@@ -27,7 +26,7 @@ from tests.support import (
     RelayProcess,
     relay_config,
     replies_survive_sigkill,
-    time_limit,
+    run_for_replies,
     write_config,
 )
 from tests.test_formats import AUTH_TOKEN, TWILIO_PATH, formatted, twilio_receiver
@@ -50,23 +49,6 @@ BILLION_LAUGHS = (
 def twiml(body: str, times: int | None = None, content_type: str = "text/xml") -> Rule:
     """A 200 answer carrying the TwiML ``body``."""
     return Rule(200, body.encode(), (("Content-Type", content_type),), times=times)
-
-
-async def run_for_replies(relay: Relay, sim: Simulator, count: int) -> None:
-    """Run the relay until ``count`` sends reached the simulator, then four more polls:
-    time for a wrong second SMS to show."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        async with time_limit(15):
-            while len(sim.sent) < count:
-                await asyncio.sleep(0.05)
-            polls = sim.requests["receive"]
-            while sim.requests["receive"] < polls + 4:
-                await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await task
 
 
 @pytest.mark.parametrize(
