@@ -70,6 +70,8 @@ MAYBE_SENT: tuple[type[httpx.HTTPError], ...] = (
     httpx.RemoteProtocolError,
 )
 
+#: Told when a send is about to go out (see :meth:`AatroxClient.send`).
+OnWire = Callable[[], None] | None
 #: How an error message says that a send's outcome is unknown.
 MAY_BE_SENT = "; the API may have accepted it"
 
@@ -167,22 +169,29 @@ class AatroxClient:
             raise ApiInvalidResponse(msg)
         return message
 
-    async def send(self, sender: str, recipient: str, text: str) -> dict[str, object]:
-        """``POST /sms/send``; returns the API's answer (e.g. the new message's id)."""
-        body = {"from": sender, "to": recipient, "text": text}
-        return await self._post("/sms/send", body, text, "send")
+    async def send(
+        self, sender: str, recipient: str, text: str, on_wire: OnWire = None
+    ) -> dict[str, object]:
+        """``POST /sms/send``; returns the API's answer (e.g. the new message's id).
 
-    async def send_disclaimer(self, sender: str, recipient: str, text: str) -> dict[str, object]:
+        ``on_wire``, for each send: called once the request is about to go out (past the
+        API budget's wait); until then, nothing of it has left the relay."""
+        body = {"from": sender, "to": recipient, "text": text}
+        return await self._post("/sms/send", body, text, "send", on_wire)
+
+    async def send_disclaimer(
+        self, sender: str, recipient: str, text: str, on_wire: OnWire = None
+    ) -> dict[str, object]:
         """``POST /sms/send/disclaimer``: the API appends the sender's disclaimer."""
         body = {"from": sender, "to": recipient, "text": text}
-        return await self._post("/sms/send/disclaimer", body, text, "send_disclaimer")
+        return await self._post("/sms/send/disclaimer", body, text, "send_disclaimer", on_wire)
 
     async def send_bulk(
-        self, sender: str, recipients: Sequence[str], text: str
+        self, sender: str, recipients: Sequence[str], text: str, on_wire: OnWire = None
     ) -> dict[str, object]:
         """``POST /sms/send/bulk``: one text to several recipients."""
         body = {"from": sender, "to": list(recipients), "text": text}
-        return await self._post("/sms/send/bulk", body, text, "send_bulk")
+        return await self._post("/sms/send/bulk", body, text, "send_bulk", on_wire)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -202,13 +211,13 @@ class AatroxClient:
     # --- internals -------------------------------------------------------
 
     async def _post(
-        self, path: str, body: Mapping[str, object], text: str, endpoint: str
+        self, path: str, body: Mapping[str, object], text: str, endpoint: str, on_wire: OnWire
     ) -> dict[str, object]:
         """A send: its outcome is :class:`ApiOutcomeUnknown` whenever it may have been
         accepted without the relay being told so, never a retryable error."""
         label = f"POST {path}"
         payload = await self._call(
-            "POST", path, label, endpoint, json_body=body, secret=text, once=True
+            "POST", path, label, endpoint, json_body=body, secret=text, once=True, on_wire=on_wire
         )
         if payload is None:
             return {}
@@ -229,6 +238,7 @@ class AatroxClient:
         need_body: bool = False,
         secret: str | None = None,
         once: bool = False,
+        on_wire: OnWire = None,
     ) -> object:
         """Make one request; the decoded JSON answer (None for an empty 2xx body).
 
@@ -244,6 +254,8 @@ class AatroxClient:
             msg = f"{label}: not sent: a 429 holds every request for another {paused:.0f}s"
             raise ApiRateLimited(msg, retry_after=paused)
         request = self._client.build_request(method, path, params=params, json=json_body)
+        if on_wire is not None:
+            on_wire()
         accepted = False  # a 2xx status line arrived
         try:
             response = await self._client.send(request, stream=True)

@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from relay.api import AatroxClient
+from relay.api import AatroxClient, OnWire
 from relay.clock import Clock
 from relay.config import DEFAULT_RETRY_UNKNOWN
 from relay.errors import ApiBadRequest, ApiError, ApiOutcomeUnknown, ApiRateLimited
@@ -141,14 +141,15 @@ def provider_answer(answer: dict[str, object]) -> Sent:
 # --- sending ---------------------------------------------------------------------
 
 
-async def send_now(api: AatroxClient, sms: OutboundSms) -> Sent:
-    """One request to the right endpoint for ``sms``."""
+async def send_now(api: AatroxClient, sms: OutboundSms, on_wire: OnWire = None) -> Sent:
+    """One request to the right endpoint for ``sms`` (``on_wire``: as
+    :meth:`AatroxClient.send`)."""
     if len(sms.recipients) > 1:
-        answer = await api.send_bulk(sms.sender, list(sms.recipients), sms.text)
+        answer = await api.send_bulk(sms.sender, list(sms.recipients), sms.text, on_wire)
     elif sms.disclaimer:
-        answer = await api.send_disclaimer(sms.sender, sms.recipients[0], sms.text)
+        answer = await api.send_disclaimer(sms.sender, sms.recipients[0], sms.text, on_wire)
     else:
-        answer = await api.send(sms.sender, sms.recipients[0], sms.text)
+        answer = await api.send(sms.sender, sms.recipients[0], sms.text, on_wire)
     return provider_answer(answer)
 
 
@@ -190,6 +191,9 @@ class Outbox(Worker[OutboundSms]):
         self._jitter = jitter
         #: Attempts made but not yet written back (when the attempt began, what it came to).
         self._decided: dict[int, tuple[datetime, Attempt]] = {}
+        #: SMS whose request went out (or was about to) and whose outcome is not yet
+        #: written back: cut off now, they may have been sent.
+        self._on_wire: set[int] = set()
 
     async def claim(self, limit: int) -> list[OutboundSms]:
         """Claim due outbound SMS."""
@@ -214,7 +218,7 @@ class Outbox(Worker[OutboundSms]):
                     return
                 item = dataclasses.replace(item, recipients=kept)
         try:
-            sent = await send_now(self.api, item)
+            sent = await send_now(self.api, item, lambda: self._on_wire.add(item.id))
         except ApiError as exc:
             attempt = self._failure(item, exc)
         else:
@@ -244,6 +248,13 @@ class Outbox(Worker[OutboundSms]):
         """An SMS handed back without an outcome may have been sent: unknown, unless
         ``retry_unknown``, where it is sent again once due."""
         return None if self.retry_unknown else LOST_TRACK
+
+    def untouched(self, item_ids: Collection[int]) -> set[int]:
+        """Of SMS cut off in flight, those whose request had not gone out (waiting for
+        the API budget, or for the opt-out check): certainly not sent."""
+        quiet = {item_id for item_id in item_ids if item_id not in self._on_wire}
+        self._on_wire.difference_update(item_ids)
+        return quiet
 
     def _failure(self, item: OutboundSms, exc: ApiError) -> Attempt:
         """What an API error means for ``item``, its backoff counted from now (when the
@@ -318,3 +329,4 @@ class Outbox(Worker[OutboundSms]):
                 extra=fields(**event, error=written.last_error, **retry),
             )
         self._decided.pop(item.id, None)
+        self._on_wire.discard(item.id)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
@@ -114,6 +114,12 @@ class Worker(ABC, Generic[ItemT]):
         None (here): it is simply due again."""
         return None
 
+    def untouched(self, item_ids: Collection[int]) -> set[int]:
+        """Of items cut off in flight (:meth:`settle`), those that certainly had no effect
+        outside the relay yet: handed back simply due, whatever :meth:`released` says.
+        None here."""
+        return set()
+
     def abandon(self, item_id: int) -> None:
         """The outcome of ``item_id`` could not be recorded: hand its claim back soon."""
         self._orphans.add(item_id)
@@ -186,9 +192,10 @@ class Worker(ABC, Generic[ItemT]):
             extra=fields(count=len(ids), ids=",".join(map(str, ids[:20])), after=f"{pause:g}s"),
         )
 
-    async def _release(self, ids: Sequence[int], pause: float) -> int:
+    async def _release(self, ids: Sequence[int], pause: float, *, untouched: bool = False) -> int:
+        unknown = None if untouched else self.released()
         return await self.store.call(
-            self.store.sync.release, self.queue, ids, pause, unknown=self.released()
+            self.store.sync.release, self.queue, ids, pause, unknown=unknown
         )
 
     async def run(self) -> None:
@@ -239,8 +246,13 @@ class Worker(ABC, Generic[ItemT]):
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         if cut:
+            quiet = self.untouched(cut)
+            rest = [item_id for item_id in cut if item_id not in quiet]
             try:
-                await self._release(cut, pause)
+                if quiet:
+                    await self._release(sorted(quiet), pause, untouched=True)
+                if rest:
+                    await self._release(rest, pause)
             except StoreError as exc:  # they lapse once nothing renews them (shutdown)
                 log.error(f"relay.{self.name}.store_error", extra=fields(error=str(exc)))
         return len(pending)

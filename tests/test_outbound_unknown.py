@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from relay.admin import status_report
 from relay.api import AatroxClient
+from relay.budget import Budget
 from relay.clock import Clock
 from relay.config import ApiConfig, OutboundConfig, TokenSource
 from relay.daemon import Relay
@@ -37,7 +38,7 @@ from relay.errors import (
     ApiServerError,
 )
 from relay.events import Events
-from relay.outbox import Outbox
+from relay.outbox import LOST_TRACK, Outbox
 from relay.store import AsyncStore, Store
 from relay.store.schema import PENDING, SENT, UNKNOWN, outbound
 from relay.testing.clock import FakeClock
@@ -193,6 +194,35 @@ async def test_an_unknown_send_is_not_sent_again(
     assert events.outcomes == [UNKNOWN]
     assert "relay.outbox.unknown" in [r.getMessage() for r in caplog.records]
     assert "hello" not in caplog.text
+
+
+async def test_a_send_cut_off_at_shutdown_is_unknown_only_if_its_request_went_out(
+    sim: Simulator, store: AsyncStore, clock: FakeClock
+) -> None:
+    """Stopping the outbox while one SMS hangs at the API and another waits for the API
+    budget: the first may have been sent (unknown, never sent again), the second
+    certainly was not (pending, due again, no unknown alert)."""
+    sim.add_fault(Fault(status=0, delay=3.0, path=SEND))
+    store.sync.queue_send(NUMBERS[0], [SENDER], "one")
+    store.sync.queue_send(NUMBERS[0], [NUMBERS[1]], "two")
+    budget = Budget(1.0, clock)  # one grant at once; the fake clock never grants another
+    async with AatroxClient(api_config(sim.url), clock=clock, budget=budget) as api:
+        outbox = Outbox(store, api, clock, Fixed(), events=Counted())
+        running = asyncio.create_task(outbox.run())
+        async with time_limit(5.0):
+            while sim.requests["send"] < 1 or budget.waiting < 1:
+                await asyncio.sleep(0.01)
+        assert await outbox.drain(0.05) == 2
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    with store.sync.engine.connect() as conn:
+        rows = conn.execute(outbound.select().order_by(outbound.c.state)).all()
+    # Which of the two got the budget's one grant is up to the scheduling of the tasks.
+    assert [(r.state, r.last_error, r.claimed_by) for r in rows] == [
+        (PENDING, None, None),
+        (UNKNOWN, LOST_TRACK, None),
+    ]
+    assert sim.requests["send"] == 1
 
 
 async def test_retry_unknown_sends_again_after_a_backoff(
