@@ -33,6 +33,7 @@ from urllib.parse import quote
 import httpx
 
 from relay.config import Config, NumberConfig, WebhookConfig, load
+from relay.connections import Connections
 from relay.errors import ApiInvalidResponse
 from relay.inbound import ENVELOPE_KEYS, ID_KEYS, InboundMessage, parse_detail, parse_message
 from relay.signing import headers as signed_headers
@@ -100,15 +101,19 @@ class BareForwarder:
         self.config = config
         api = config.api
         posts = sum(hook.concurrency for hook in config.webhooks)
-        self.client = httpx.AsyncClient(
-            timeout=api.timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=config.poll.concurrency + posts,
-                max_keepalive_connections=config.poll.concurrency + posts,
-            ),
-            headers={"User-Agent": USER_AGENT},
-        )
+        tls = httpx.create_ssl_context()
+
+        def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                timeout=api.timeout,
+                follow_redirects=False,
+                verify=tls,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                headers={"User-Agent": USER_AGENT},
+            )
+
+        # As the relay: a client of one connection per request in flight.
+        self.connections = Connections(config.poll.concurrency + posts, make, api.timeout)
         self.api_base = api.base_url.rstrip("/") + API_PREFIX
         self.api_headers = {"Authorization": f"Bearer {api.token}", "Accept": "application/json"}
         self.tz = api.timezone or timezone.utc
@@ -142,7 +147,7 @@ class BareForwarder:
         for task in pollers + workers:
             task.cancel()
         await asyncio.gather(*pollers, *workers, return_exceptions=True)
-        await self.client.aclose()
+        await self.connections.aclose()
 
     async def _schedule(self, number: NumberConfig, first: float, slot: float) -> None:
         """Poll at ``first`` (no jitter), then at ``slot`` (if later) and every interval."""
@@ -165,9 +170,10 @@ class BareForwarder:
         params = {"to": number.number}
         if number.sender:
             params["from"] = number.sender
-        response = await self.client.get(
-            self.api_base + "/sms/receive", params=params, headers=self.api_headers
-        )
+        async with self.connections.client() as client:
+            response = await client.get(
+                self.api_base + "/sms/receive", params=params, headers=self.api_headers
+            )
         response.raise_for_status()
         seen = self.seen[number.number]
         new: list[InboundMessage] = []
@@ -192,9 +198,10 @@ class BareForwarder:
                     self.queues[hook].put_nowait((number.number, message))
 
     async def _details(self, number: str, message: InboundMessage) -> InboundMessage:
-        response = await self.client.get(
-            f"{self.api_base}/sms/{quote(message.id, safe='')}", headers=self.api_headers
-        )
+        async with self.connections.client() as client:
+            response = await client.get(
+                f"{self.api_base}/sms/{quote(message.id, safe='')}", headers=self.api_headers
+            )
         response.raise_for_status()
         return parse_detail(
             json.loads(response.content),
@@ -232,9 +239,10 @@ class BareForwarder:
             headers["Content-Type"] = "application/json"
             headers.update(hook.headers)
             try:
-                response = await self.client.post(
-                    hook.url, content=payload, headers=headers, timeout=hook.timeout
-                )
+                async with self.connections.client() as client:
+                    response = await client.post(
+                        hook.url, content=payload, headers=headers, timeout=hook.timeout
+                    )
                 ok = 200 <= response.status_code < 300
             except httpx.HTTPError:
                 ok = False

@@ -27,6 +27,7 @@ from relay import __version__, decoding, redact
 from relay.budget import Budget
 from relay.clock import Clock, SystemClock
 from relay.config import ApiConfig
+from relay.connections import Connections
 from relay.errors import (
     ApiBadRequest,
     ApiConnectionError,
@@ -80,8 +81,10 @@ _PHONE_LIKE = re.compile(r"\+?\d(?:[ -]?\d){6,}")
 
 
 class AatroxClient:
-    """Talks to the Aatrox API with one pooled, keep-alive HTTP client, every request paced
-    by :attr:`budget` (:mod:`relay.budget`; the poller takes a poll's grant itself)."""
+    """Talks to the Aatrox API over keep-alive connections, at most ``max_connections``
+    requests at once, each on a client of its own (:mod:`relay.connections`), every
+    request paced by :attr:`budget` (:mod:`relay.budget`; the poller takes a poll's
+    grant itself)."""
 
     def __init__(
         self,
@@ -104,22 +107,29 @@ class AatroxClient:
         self.on_request: Callable[[str, str], None] = lambda _endpoint, _outcome: None
         _check_token(config.token)
         self._token = config.token
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/") + API_PREFIX,
-            headers={
-                "Authorization": f"Bearer {config.token}",
-                "User-Agent": user_agent,
-                "Accept": "application/json",
-                "Accept-Encoding": decoding.ACCEPT_ENCODING,
-            },
-            timeout=httpx.Timeout(config.timeout),
-            verify=_verify(config),
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-        )
+        self._headers = {
+            "Authorization": f"Bearer {config.token}",
+            "User-Agent": user_agent,
+            "Accept": "application/json",
+            "Accept-Encoding": decoding.ACCEPT_ENCODING,
+        }
+        base_url = config.base_url.rstrip("/") + API_PREFIX
+        verify = _verify(config)
+        if verify is True:  # loaded once, not once per connection
+            verify = httpx.create_ssl_context()
+
+        def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=base_url,
+                headers=self._headers,
+                timeout=httpx.Timeout(config.timeout),
+                verify=verify,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                transport=transport,
+            )
+
+        self._connections = Connections(max_connections, make, config.timeout)
 
     def set_token(self, token: str) -> bool:
         """Use ``token`` from the next request on (token rotation); whether it changed."""
@@ -128,7 +138,9 @@ class AatroxClient:
             return False
         redact.add_secret(token)  # a token read again after a 401 is filtered like the first
         self._token = token
-        self._client.headers["Authorization"] = f"Bearer {token}"
+        self._headers["Authorization"] = f"Bearer {token}"
+        for client in self._connections.clients:
+            client.headers["Authorization"] = f"Bearer {token}"
         return True
 
     async def receive(
@@ -194,8 +206,8 @@ class AatroxClient:
         return await self._post("/sms/send/bulk", body, text, "send_bulk", on_wire)
 
     async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
+        """Close the kept-alive connections."""
+        await self._connections.aclose()
 
     async def __aenter__(self) -> AatroxClient:
         return self
@@ -253,18 +265,19 @@ class AatroxClient:
         if endpoint != "receive" and (paused := await self.budget.urgent(self._timeout)):
             msg = f"{label}: not sent: a 429 holds every request for another {paused:.0f}s"
             raise ApiRateLimited(msg, retry_after=paused)
-        request = self._client.build_request(method, path, params=params, json=json_body)
-        if on_wire is not None:
-            on_wire()
         accepted = False  # a 2xx status line arrived
         try:
-            response = await self._client.send(request, stream=True)
-            try:
-                status = response.status_code
-                ok = accepted = 200 <= status < 300
-                data = await self._read(response, label, ok)
-            finally:
-                await response.aclose()
+            async with self._connections.client() as client:
+                request = client.build_request(method, path, params=params, json=json_body)
+                if on_wire is not None:
+                    on_wire()
+                response = await client.send(request, stream=True)
+                try:
+                    status = response.status_code
+                    ok = accepted = 200 <= status < 300
+                    data = await self._read(response, label, ok)
+                finally:
+                    await response.aclose()
         except (httpx.HTTPError, ApiError) as exc:
             self.on_request(endpoint, "failed")
             if once and (accepted or isinstance(exc, MAYBE_SENT)):

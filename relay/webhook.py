@@ -20,6 +20,7 @@ import httpx
 from relay import __version__, decoding, signing, slack, twilio, twiml
 from relay.clock import Clock, within
 from relay.config import FORMAT_SLACK, FORMAT_TWILIO, SMS_RECEIVED, WebhookConfig
+from relay.connections import Connections
 from relay.logs import fields
 from relay.outbox import check_text, reply_text
 from relay.retry import parse_retry_after
@@ -85,18 +86,25 @@ class Webhook:
     def __init__(self, config: WebhookConfig, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self._client = httpx.AsyncClient(
-            timeout=config.timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=config.concurrency, max_keepalive_connections=config.concurrency
-            ),
-            headers={
-                "User-Agent": USER_AGENT,
-                "Accept-Encoding": decoding.ACCEPT_ENCODING,
-                **dict(config.headers),
-            },
-        )
+        tls = httpx.create_ssl_context()  # loaded once, not once per connection
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": decoding.ACCEPT_ENCODING,
+            **dict(config.headers),
+        }
+
+        def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                timeout=config.timeout,
+                follow_redirects=False,
+                verify=tls,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                headers=headers,
+            )
+
+        #: A client of one keep-alive connection per request in flight
+        #: (:mod:`relay.connections`), at most ``concurrency``.
+        self._connections = Connections(config.concurrency, make, config.timeout)
         #: The URL X-Twilio-Signature covers: the one requested, as httpx sends it.
         self._signed_url = _sent_url(config.url) if config.format == FORMAT_TWILIO else ""
 
@@ -137,14 +145,15 @@ class Webhook:
             return Answer(False, error=f"{type(exc).__name__}: {exc}"[:200] or "transport error")
 
     async def _post(self, payload: bytes, headers: dict[str, str]) -> Answer:
-        request = self._client.build_request(
-            "POST", self.config.url, content=payload, headers=headers
-        )
-        response = await self._client.send(request, stream=True)
-        try:
-            answer, body_error = await _read(response)
-        finally:
-            await response.aclose()
+        async with self._connections.client() as client:
+            request = client.build_request(
+                "POST", self.config.url, content=payload, headers=headers
+            )
+            response = await client.send(request, stream=True)
+            try:
+                answer, body_error = await _read(response)
+            finally:
+                await response.aclose()
         status = response.status_code
         if 200 <= status < 300:
             kind = response.headers.get("content-type", "")
@@ -180,8 +189,8 @@ class Webhook:
         return tuple(check_text(text) for text in asked.messages)
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Close the kept-alive connections."""
+        await self._connections.aclose()
 
 
 def _sent_url(url: str) -> str:
