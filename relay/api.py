@@ -1,6 +1,10 @@
 """The Aatrox SMS API v2 client.
 
-One :class:`httpx.AsyncClient` per :class:`AatroxClient`, reused for every request.
+Over 400 lines: one endpoint's call each, and the one request path they share (the
+budget, the connection, the capped read, and what each failure means for a send).
+
+Keep-alive connections per :class:`AatroxClient`, one per request in flight
+(:mod:`relay.connections`).
 Every answer is read as a stream and abandoned once it grows past
 ``api.max_response_bytes``, counted once decoded (:mod:`relay.decoding`). Every failure
 becomes an :class:`~relay.errors.ApiError` whose message is one line such as

@@ -1,6 +1,6 @@
 """Delivery: take due deliveries from the store and send them, one lane per webhook.
 
-Each webhook has its own lane: its own connection pool, at most ``concurrency``
+Each webhook has its own lane: its own connections, at most ``concurrency``
 requests in flight, its own wake-ups. A slow or dead webhook therefore never
 holds up another, nor the polls. A lane wakes when the poller queues new
 deliveries (:meth:`Dispatcher.wake`), when one of its requests finishes, and
