@@ -4,7 +4,8 @@
 relay's job with nothing durable: each number is polled on the same schedule as the
 relay's (first polls at once, spread over min(interval, 1 s); then each number in its
 slot of the interval, slots spread evenly, jitter at most a tenth of the interval; a
-late poll skipping the ticks it missed), through one :class:`httpx.AsyncClient`. The ids
+late poll skipping the ticks it missed), through httpx with a keep-alive connection per
+request in flight, as the relay (:mod:`relay.connections`). The ids
 seen are kept in a set per number, checked on the raw JSON before anything is parsed;
 only new items go through :func:`relay.inbound.parse_message`. Each new message is
 signed with :mod:`relay.signing` and POSTed by a fixed pool of ``concurrency``
