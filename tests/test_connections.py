@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -161,9 +162,15 @@ async def test_a_connection_handed_to_a_request_that_gave_up_goes_to_the_next() 
     await holding.__aexit__(None, None, None)  # hands ``held`` to the quitter...
     quitter.cancel()  # ...which gives up before it could run
     await patient
-    with pytest.raises(asyncio.CancelledError):
-        await quitter
-    assert got == [held] and connections.clients == [held]
+    (quit_result,) = await asyncio.gather(quitter, return_exceptions=True)
+    if sys.version_info >= (3, 11):
+        assert isinstance(quit_result, asyncio.CancelledError)
+        assert got == [held]
+    else:  # 3.10's asyncio.wait_for drops a cancellation that meets its result: the
+        # quitter then uses the connection and gives it back
+        assert quit_result is None or isinstance(quit_result, asyncio.CancelledError)
+        assert got in ([held], [held, held])
+    assert connections.clients == [held]
     await connections.aclose()
 
 
